@@ -1,0 +1,28 @@
+"""The ``nowcast`` command line.
+
+Each submodule of this package registers its verbs on :data:`app` with
+``@app.command()``; they are imported here, so a new verb is a new module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+app = typer.Typer(
+    name="nowcast",
+    help="Radar and crowd-flow nowcasting: ingest, train, forecast, verify, map.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
