@@ -25,7 +25,8 @@ def configure_offline() -> None:
     """Set offline-safe defaults for Prefect, Dask, pysteps and cartopy."""
     for key, value in _DEFAULTS.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".nowcast" / "prefect"))
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".nowcast" / "prefect")))
+    home.mkdir(parents=True, exist_ok=True)
     if "PYSTEPSRC" not in os.environ:
         rc = _silent_pystepsrc()
         if rc is not None:
