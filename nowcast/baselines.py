@@ -1,0 +1,210 @@
+"""Classic nowcasting baselines that every model is scored against.
+
+Data-model datasets in (:mod:`nowcast.schema`), forecast datasets out
+(:func:`nowcast.schema.make_forecast`): lead ``k`` (1-based) is valid at
+``at + k * time_step``.
+
+* :func:`persistence`: Eulerian persistence of the frame at the issue time
+  (radar and traffic; the ``flow`` dim survives);
+* :func:`lagrangian_extrapolation`: pysteps optical flow plus semi-Lagrangian
+  advection of the last frame (radar);
+* :func:`historical_average`: mean of the same weekday and time slot over the
+  previous weeks (traffic, as in the ST-ResNet/TaxiBJ papers);
+* :func:`estimate_motion`: the optical-flow field, for plots and diagnostics.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from nowcast.schema import data_variables, make_forecast, time_step, validate
+
+log = logging.getLogger(__name__)
+
+# pysteps' examples transform rain rates to dBR with this fill value for dry
+# pixels before optical flow and extrapolation.
+DBR_ZERO = -15.0
+RAIN_VARIABLES = ("rainrate", "accumulation")
+
+
+def _issue_index(obs: xr.Dataset, at) -> int:
+    """Index of the issue time ``at`` (default: last time) in ``obs``."""
+    times = pd.DatetimeIndex(obs["time"].values)
+    if at is None:
+        return times.size - 1
+    stamp = pd.Timestamp(at)
+    if stamp.tz is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    if stamp not in times:
+        raise ValueError(
+            f"issue time {stamp.isoformat()} is not in the observations, which cover "
+            f"{times[0].isoformat()} .. {times[-1].isoformat()} ({times.size} times, step {obs.attrs.get('time_step')})")
+    return int(times.get_loc(stamp))
+
+
+def _check_leads(n_leads: int) -> None:
+    if int(n_leads) != n_leads or n_leads < 1:
+        raise ValueError(f"n_leads must be a positive integer, got {n_leads!r}")
+
+
+def persistence(obs: xr.Dataset, n_leads: int, *, at=None) -> xr.Dataset:
+    """Eulerian persistence: the frame at ``at`` (default: last time) for every lead.
+
+    Works for every variable of the data model (rain rate, reflectivity,
+    crowd flow with its ``flow`` dim); NaN stays NaN.
+    """
+    validate(obs, forecast=False)
+    _check_leads(n_leads)
+    i = _issue_index(obs, at)
+    variable = data_variables(obs)[0]
+    frame = obs[variable].isel(time=i).values
+    data = np.repeat(frame[np.newaxis], n_leads, axis=0)
+    return make_forecast(data, like=obs, reference_time=obs["time"].values[i], variable=variable,
+                         source="persistence")
+
+
+def _input_frames(obs: xr.Dataset, at, n_input: int) -> tuple[str, int, np.ndarray]:
+    """Variable name, issue index and the ``n_input`` rain frames ending at ``at``.
+
+    The frames must be consecutive at the dataset's time step: optical flow
+    over a gap would mistake the gap for slow motion.
+    """
+    validate(obs, forecast=False)
+    variable = data_variables(obs)[0]
+    if variable not in RAIN_VARIABLES:
+        raise ValueError(f"optical flow needs rain rates or accumulations, got variable '{variable}'; "
+                         "use persistence or historical_average for it")
+    if n_input < 2:
+        raise ValueError(f"optical flow needs n_input >= 2 frames, got {n_input}")
+    i = _issue_index(obs, at)
+    if i + 1 < n_input:
+        raise ValueError(f"need {n_input} frames up to {pd.Timestamp(obs['time'].values[i]).isoformat()}, "
+                         f"the observations have only {i + 1}")
+    window = obs[variable].isel(time=slice(i + 1 - n_input, i + 1))
+    steps = np.diff(window["time"].values)
+    if not np.all(steps == time_step(obs).to_timedelta64()):
+        raise ValueError(f"the {n_input} input frames ending at {pd.Timestamp(obs['time'].values[i]).isoformat()} "
+                         f"are not consecutive at {obs.attrs['time_step']}: times {window['time'].values}")
+    return variable, i, np.asarray(window.values, dtype="f8")
+
+
+def _to_dbr(frames: np.ndarray, threshold: float) -> np.ndarray:
+    """dBR as pysteps recommends for motion estimation; dry -> -15 dBR, NaN kept."""
+    from pysteps.utils.transformation import dB_transform
+
+    return dB_transform(frames, threshold=threshold, zerovalue=DBR_ZERO)[0]
+
+
+def _motion_pixels(dbr: np.ndarray, method: str) -> np.ndarray:
+    """pysteps motion ``(2, rows, cols)``: columns right, rows down, pixels per step.
+
+    NaN pixels (no radar coverage) are masked by the Lucas-Kanade feature
+    detection; the other methods need finite input, so there NaN become dry.
+    """
+    from pysteps import motion
+
+    if method.upper() != "LK":
+        dbr = np.where(np.isfinite(dbr), dbr, DBR_ZERO)
+    velocity = motion.get_method(method)(dbr)
+    return np.asarray(velocity, dtype="f8")
+
+
+def estimate_motion(obs: xr.Dataset, *, at=None, n_input: int = 3, method: str = "LK",
+                    threshold_mmh: float = 0.1) -> xr.DataArray:
+    """Optical-flow motion from the ``n_input`` frames ending at ``at``.
+
+    Returns:
+        DataArray ``(component, y, x)`` with ``component`` = ``x``, ``y``: grid
+        cells per time step along the dataset's ``x`` and ``y`` coordinates
+        (positive towards increasing coordinate, i.e. east and north on a
+        north-up grid), with the grid's ``x``, ``y``, ``lat``, ``lon`` and ``crs``.
+    """
+    _, i, frames = _input_frames(obs, at, n_input)
+    velocity = _motion_pixels(_to_dbr(frames, threshold_mmh), method)
+    # pysteps counts rows downwards; flip to the sense of the y coordinate.
+    y_sign = -1.0 if obs["y"].values[-1] < obs["y"].values[0] else 1.0
+    data = np.stack([velocity[0], y_sign * velocity[1]]).astype("f4")
+    coords = {name: obs.coords[name] for name in ("x", "y", "lat", "lon", "crs") if name in obs.coords}
+    coords["component"] = ("component", np.array(["x", "y"]))
+    coords["time"] = obs["time"].values[i]
+    return xr.DataArray(
+        data, dims=("component", "y", "x"), coords=coords, name="motion",
+        attrs={"long_name": "optical-flow motion (grid cells per time step)", "units": "1",
+               "time_step": obs.attrs["time_step"], "method": method, "n_input": n_input,
+               "grid_mapping": "crs"},
+    )
+
+
+def lagrangian_extrapolation(obs: xr.Dataset, n_leads: int, *, at=None, n_input: int = 3,
+                             motion: str = "LK", threshold_mmh: float = 0.1) -> xr.Dataset:
+    """Advect the frame at ``at`` along the optical flow of the last ``n_input`` frames.
+
+    The pysteps recipe: rain rates to dBR (below ``threshold_mmh`` -> -15 dBR),
+    motion by ``pysteps.motion.get_method(motion)``, backward semi-Lagrangian
+    advection (``pysteps.extrapolation.semilagrangian``), back to mm h-1 with
+    rates below ``threshold_mmh`` set to 0.
+
+    NaN in the output, by design: where the trajectory starts outside the
+    domain (rain that would flow in from outside is unknown) or at a pixel
+    that was NaN in the issue-time frame (no radar coverage). Scores should
+    mask them rather than treat them as dry.
+
+    Returns:
+        forecast dataset, same variable and units as ``obs`` (mm h-1 for
+        ``rainrate``), ``source="lagrangian"``.
+    """
+    from pysteps.extrapolation.semilagrangian import extrapolate
+
+    _check_leads(n_leads)
+    variable, i, frames = _input_frames(obs, at, n_input)
+    dbr = _to_dbr(frames, threshold_mmh)
+    velocity = _motion_pixels(dbr, motion)
+    advected = extrapolate(dbr[-1], velocity, int(n_leads), outval=np.nan, allow_nonfinite_values=True)
+    threshold_db = 10.0 * np.log10(threshold_mmh)
+    with np.errstate(invalid="ignore"):
+        rates = np.where(advected >= threshold_db, 10.0 ** (advected / 10.0), 0.0)
+    rates[~np.isfinite(advected)] = np.nan
+    speed = np.hypot(*velocity).mean()
+    log.debug("lagrangian extrapolation at %s: mean speed %.2f px/step", obs["time"].values[i], speed)
+    return make_forecast(rates.astype("f4"), like=obs, reference_time=obs["time"].values[i], variable=variable,
+                         source="lagrangian",
+                         attrs={"motion_method": motion, "n_input": n_input, "threshold_mmh": threshold_mmh})
+
+
+def historical_average(obs: xr.Dataset, n_leads: int, *, at=None, weeks: int = 4) -> xr.Dataset:
+    """Mean of the same weekday and time slot over the ``weeks`` weeks before each valid time.
+
+    Only observations up to the issue time enter (each lead's valid time minus
+    1..``weeks`` weeks, all before ``at`` while the horizon is under a week).
+    Missing slots are skipped; a lead with no history at all is an error.
+    Keeps every dim of the variable (``flow`` for crowd flows).
+    """
+    validate(obs, forecast=False)
+    _check_leads(n_leads)
+    if weeks < 1:
+        raise ValueError(f"weeks must be >= 1, got {weeks}")
+    i = _issue_index(obs, at)
+    variable = data_variables(obs)[0]
+    issue = pd.Timestamp(obs["time"].values[i])
+    step = time_step(obs)
+    if n_leads * step > pd.Timedelta(weeks=1):
+        raise ValueError(f"historical average needs a horizon under one week, got {n_leads} x {step}")
+    valid = issue + pd.to_timedelta(np.arange(1, n_leads + 1) * step)
+    lags = pd.to_timedelta(np.arange(1, weeks + 1), unit="W")
+    past = obs[variable].reindex(time=(valid.values[:, None] - lags.values[None, :]).ravel())
+    past = past.values.reshape((n_leads, weeks) + past.shape[1:])
+    have = np.isfinite(past).reshape(n_leads, weeks, -1).any(axis=2).any(axis=1)
+    if not have.all():
+        first = valid[int(np.argmin(have))]
+        raise ValueError(f"historical average: no observation at {first.isoformat()} minus 1..{weeks} weeks "
+                         f"(observations start {pd.Timestamp(obs['time'].values[0]).isoformat()})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels missing in every week stay NaN
+        mean = np.nanmean(past, axis=1)
+    return make_forecast(mean.astype("f4"), like=obs, reference_time=issue, variable=variable,
+                         source="historical_average", attrs={"weeks": weeks})
