@@ -49,7 +49,7 @@ MEMBERS = 3
 
 
 def rain_forecast(projection: str, *, shape=(24, 32), members=MEMBERS, leads=2) -> xr.Dataset:
-    """An ensemble rain forecast: a 20 mm/h cell at the grid centre, the NW corner missing."""
+    """An ensemble rain forecast: a cell of 20, 30, 40 ... mm/h (by member) at the grid centre, NW corner missing."""
     crs, lon, lat, res = PROJECTIONS[projection]
     grid = Grid.centred_on(crs, lon, lat, shape, res)
     yy, xx = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
@@ -58,7 +58,7 @@ def rain_forecast(projection: str, *, shape=(24, 32), members=MEMBERS, leads=2) 
     times = pd.date_range(ISSUED - pd.Timedelta("10min"), ISSUED, freq="5min")
     obs = make_dataset(np.repeat(cell[None], times.size, 0), times=times, x=grid.x, y=grid.y, crs=grid.crs,
                        source="test radar", time_step="5min")
-    data = np.stack([np.stack([cell * (1 + 0.1 * m) for m in range(members)]) for _ in range(leads)])
+    data = np.stack([np.stack([cell * (1 + 0.5 * m) for m in range(members)]) for _ in range(leads)])
     data[:, :, :2, :3] = np.nan
     return make_forecast(data, like=obs, reference_time=ISSUED, source="stlight-small",
                          realization=list(range(members)))
@@ -294,6 +294,15 @@ def test_geotiff_has_overviews_and_reads_with_rioxarray(tmp_path):
     assert da.rio.crs.to_wkt() and pyproj.CRS(da.rio.crs.to_wkt()).equals(crs_of(forecast))
 
 
+def test_observation_geotiffs_are_named_by_valid_time(tmp_path):
+    obs = synthetic_traffic(1, size=8, holidays=[]).isel(time=slice(0, 2))
+    tifs = write_geotiffs(obs, tmp_path)
+    assert [p.name for p in tifs] == ["crowd_flow_20150228T1600Z.tif", "crowd_flow_20150228T1630Z.tif"]
+    with rasterio.open(tifs[1]) as tif:
+        assert tif.tags()["valid_time"] == "2015-02-28T16:30:00Z" and "forecast_period" not in tif.tags()
+        assert tif.descriptions == ("inflow", "outflow")
+
+
 def test_geotiff_stack_has_one_band_per_lead_time(tmp_path):
     forecast = rain_forecast("bom-albers", members=1, leads=3).isel(realization=0, drop=True)
     path = write_geotiff_stack(forecast, tmp_path / "stack.tif")
@@ -341,10 +350,11 @@ def test_webmap_images_are_placed_by_their_world_files(projection, tmp_path):
     rgba = np.asarray(Image.open(images[0]))
     manifest = json.loads((tmp_path / "rainrate_20240601T1210Z.json").read_text())
     assert rgba.shape == (manifest["height"], manifest["width"], 4)
-    # The rain cell (ensemble mean 22 mm/h at the grid centre) is where the world file says.
+    # The rain cell is where the world file says, coloured as its ensemble
+    # mean (30 mm/h; members 20, 30, 40 fall in other classes).
     _, lon, lat, _ = PROJECTIONS[projection]
     row, col = _pixel_of(world, lon, lat)
-    assert tuple(rgba[row, col]) == tuple(RAIN_RATE.rgba(np.array([22.0]))[0])
+    assert tuple(rgba[row, col]) == tuple(RAIN_RATE.rgba(np.array([30.0]))[0])
     # Outside the grid and in dry cells the image is transparent.
     assert rgba[0, 0, 3] == 0
     assert (rgba[..., 3] == 0).mean() > 0.2

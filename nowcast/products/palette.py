@@ -59,10 +59,9 @@ class Palette:
         """``(ListedColormap, BoundaryNorm)`` for matplotlib, colour bar ``extend="max"``."""
         from matplotlib.colors import BoundaryNorm, ListedColormap
 
-        cmap = ListedColormap(self.colors, name=self.name)
-        cmap.set_under((0, 0, 0, 0))
-        cmap.set_bad((0, 0, 0, 0))
-        cmap.set_over(self.colors[-1])
+        transparent = (0.0, 0.0, 0.0, 0.0)
+        cmap = ListedColormap(self.colors, name=self.name).with_extremes(
+            under=transparent, bad=transparent, over=self.colors[-1])
         norm = BoundaryNorm(self.levels, ncolors=cmap.N, extend="max")
         return cmap, norm
 
