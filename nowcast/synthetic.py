@@ -109,10 +109,11 @@ def _advect_periodic(field: np.ndarray, velocity: np.ndarray) -> np.ndarray:
     """One semi-Lagrangian step (backward, bicubic) on a periodic domain.
 
     ``pysteps.extrapolation.semilagrangian.extrapolate`` does the same with
-    ``map_coordinates_mode="grid-wrap"`` but takes ~100 ms per 512² step here
-    (scipy ``map_coordinates`` plus coordinate set-up); OpenCV's ``remap``
-    takes a few ms, which keeps a 36-frame sequence near one second. Bicubic
-    rather than bilinear so that repeated steps do not smooth small scales.
+    ``map_coordinates_mode="grid-wrap"`` but is ~40x slower per 512² step
+    (scipy ``map_coordinates`` plus coordinate set-up; see
+    ``bench/synthetic_advection.py``); OpenCV's ``remap`` keeps a 36-frame
+    sequence under a second. Bicubic rather than bilinear so that repeated
+    steps do not smooth the small scales away.
     """
     rows, cols = field.shape
     map_x = (np.arange(cols, dtype="f4")[None, :] - velocity[0]).astype("f4")
