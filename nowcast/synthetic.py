@@ -94,8 +94,12 @@ def synthetic_radar(
         latent = scipy.fft.irfft2(state, s=shape, norm="ortho")[:ny, :nx]
         hours = t * dt_s / 3600.0
         frames[t] = _rain_rates(latent, cycles.wet_fraction(hours), *cycles.lognormal(hours))
+    if n_times == 1:
+        mean_velocity = motion.pixels_per_step(1)[:, :ny, :nx].mean(axis=(1, 2))
+    else:
+        mean_velocity /= n_times - 1
     times = pd.date_range(pd.Timestamp(start), periods=n_times, freq=pd.Timedelta(step))
-    u, v = mean_velocity / max(n_times - 1, 1) * grid.resolution[0] / dt_s * np.array([1.0, -1.0])
+    u, v = mean_velocity * grid.resolution[0] / dt_s * np.array([1.0, -1.0])
     log.debug("synthetic radar seed=%d: %d frames, motion (%.1f, %.1f) m/s", seed, n_times, u, v)
     return make_dataset(
         frames, times=times, x=grid.x, y=grid.y, crs=grid.crs, variable="rainrate",

@@ -7,7 +7,7 @@ import pandas as pd
 import pyproj
 import pytest
 
-from nowcast.grids import radar_grid
+from nowcast.grids import Grid, radar_grid
 from nowcast.schema import SchemaError, validate
 from nowcast.synthetic import WORK_SPOTS, synthetic_radar, synthetic_traffic
 
@@ -55,6 +55,11 @@ def test_radar_other_grid_and_step():
     assert ds["rainrate"].shape == (3, 64, 64)
     assert ds.attrs["time_step"] == "PT10M"
     assert float(ds["x"][1] - ds["x"][0]) == 2000.0
+    grid = Grid.from_bounds("EPSG:3067", 300_000, 6_600_000, 450_000, 6_700_000, 1000.0)  # not square
+    ds = synthetic_radar(1, grid=grid)
+    validate(ds)
+    assert ds["rainrate"].shape == (1, 100, 150)
+    assert 0.2 <= float((ds["rainrate"] > 0).mean()) <= 0.5
 
 
 def test_radar_is_deterministic_for_a_seed():
