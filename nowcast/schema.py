@@ -20,6 +20,7 @@ and products and scores consume it. Layout:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -68,7 +69,11 @@ def cf_grid_mapping(crs: pyproj.CRS | str | int) -> dict[str, Any]:
     ``latitude_of_projection_origin`` for polar stereographic variant B).
     """
     crs = pyproj.CRS.from_user_input(crs)
-    cf = crs.to_cf()
+    with warnings.catch_warnings():
+        # Oblique Mercator loses the rectified-grid angle in the CF attributes;
+        # crs_wkt below keeps the full definition, which readers prefer.
+        warnings.filterwarnings("ignore", message="angle from rectified to skew grid")
+        cf = crs.to_cf()
     if cf.get("grid_mapping_name") == "polar_stereographic":
         lat_ts = cf.get("standard_parallel", 90.0)
         cf.setdefault("latitude_of_projection_origin", 90.0 if lat_ts >= 0 else -90.0)
