@@ -1,0 +1,183 @@
+"""Invertible scalers between physical units and the values a network sees.
+
+A transform maps a field (numpy array, physical units, NaN for no data) to
+``float32`` values of order one and back. It is a small frozen dataclass whose
+:meth:`~Transform.to_dict` is a plain ``dict`` of strings and floats, so it is
+stored inside the model checkpoint (``torch.load(weights_only=True)`` safe)
+and rebuilt by :func:`from_dict`.
+
+* :class:`DBR` (rain rate, mm h-1): ``dBR = 10·log10 R``; rates below
+  ``threshold`` get ``zerovalue`` dB; then scaled linearly so that the zero
+  value is 0 and ``max_rate`` is 1.
+* :class:`Log1p` (rain rate or accumulation): ``log(1 + R) / log(1 + max_rate)``.
+* :class:`MinMax` (crowd flow, reflectivity): ``(v - lo) / (hi - lo)`` with
+  ``lo``/``hi`` fitted on the training split only (:func:`fit_minmax`).
+* :class:`Identity`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Iterable
+
+import numpy as np
+
+from nowcast.schema import QUANTITIES
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Base class: ``forward`` (physical → network) and ``inverse``."""
+
+    kind: ClassVar[str] = ""
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        """Physical values (NaN = no data, mapped to the transform of 0) → float32."""
+        raise NotImplementedError
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        """Network values → physical units (float32)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``{"kind": ..., **parameters}`` for checkpoints and JSON."""
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Identity(Transform):
+    """No scaling (NaN still becomes 0)."""
+
+    kind: ClassVar[str] = "identity"
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(np.asarray(values, dtype="f4"), nan=0.0)
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype="f4")
+
+
+@dataclass(frozen=True)
+class DBR(Transform):
+    """Rain rate (mm h-1) ↔ dBR scaled to [0, 1] (as pysteps' ``dB_transform`` plus scaling).
+
+    Args:
+        threshold: rain/no-rain threshold (mm h-1); smaller rates are dry.
+        zerovalue: dBR given to dry pixels; default ``10·log10(threshold) - 5``.
+        max_rate: the rate (mm h-1) that maps to 1; the inverse caps rates
+            there, since dBR is exponential and an imperfect network may
+            return values far above 1.
+    """
+
+    kind: ClassVar[str] = "dbr"
+    threshold: float = 0.1
+    zerovalue: float | None = None
+    max_rate: float = 200.0
+
+    @property
+    def _zero(self) -> float:
+        return 10.0 * math.log10(self.threshold) - 5.0 if self.zerovalue is None else self.zerovalue
+
+    @property
+    def _span(self) -> float:
+        return 10.0 * math.log10(self.max_rate) - self._zero
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        rate = np.nan_to_num(np.asarray(values, dtype="f4"), nan=0.0)
+        wet = rate >= self.threshold
+        dbr = np.full(rate.shape, self._zero, dtype="f4")
+        dbr[wet] = 10.0 * np.log10(rate[wet])
+        return ((dbr - self._zero) / self._span).astype("f4")
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        dbr = np.clip(np.asarray(values, dtype="f4"), None, 1.0) * self._span + self._zero
+        rate = np.power(10.0, dbr / 10.0, dtype="f4")
+        return np.where(rate >= self.threshold, rate, 0.0).astype("f4")
+
+
+@dataclass(frozen=True)
+class Log1p(Transform):
+    """Rain rate or accumulation ↔ ``log(1 + R) / log(1 + max_rate)`` (0 dry, 1 at ``max_rate``, the inverse's cap)."""
+
+    kind: ClassVar[str] = "log1p"
+    max_rate: float = 200.0
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        rate = np.clip(np.nan_to_num(np.asarray(values, dtype="f4"), nan=0.0), 0.0, None)
+        return (np.log1p(rate) / math.log1p(self.max_rate)).astype("f4")
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        rate = np.expm1(np.clip(np.asarray(values, dtype="f4"), 0.0, 1.0) * math.log1p(self.max_rate))
+        return rate.astype("f4")
+
+
+@dataclass(frozen=True)
+class MinMax(Transform):
+    """``(v - lo) / (hi - lo)``: [lo, hi] → [0, 1]; fit ``lo``/``hi`` on training data only.
+
+    ``clip_min`` (e.g. 0 for counts) bounds the inverse from below.
+    """
+
+    kind: ClassVar[str] = "minmax"
+    lo: float = 0.0
+    hi: float = 1.0
+    clip_min: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.hi > self.lo:
+            raise ValueError(f"MinMax needs hi > lo, got lo={self.lo}, hi={self.hi}")
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        v = np.nan_to_num(np.asarray(values, dtype="f4"), nan=0.0)
+        return ((v - self.lo) / (self.hi - self.lo)).astype("f4")
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype="f4") * (self.hi - self.lo) + self.lo
+        return (v if self.clip_min is None else np.maximum(v, self.clip_min)).astype("f4")
+
+
+KINDS: dict[str, type[Transform]] = {t.kind: t for t in (Identity, DBR, Log1p, MinMax)}
+
+#: Transform kind used for each data-model quantity unless told otherwise.
+DEFAULT_KIND = {"rainrate": "dbr", "accumulation": "log1p", "crowd_flow": "minmax",
+                "reflectivity": "minmax"}
+
+
+def from_dict(spec: dict[str, Any]) -> Transform:
+    """Rebuild a transform from :meth:`Transform.to_dict` output."""
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    try:
+        cls = KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown transform kind {kind!r}; known: {sorted(KINDS)}") from None
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in spec.items() if k in names})
+
+
+def fit_minmax(batches: Iterable[np.ndarray], *, clip_min: float | None = None) -> MinMax:
+    """A :class:`MinMax` whose range is the min and max of ``batches`` (NaN ignored).
+
+    Pass frames of the training split only, so no validation or test value
+    leaks into the scaling.
+    """
+    lo, hi = math.inf, -math.inf
+    for batch in batches:
+        batch = np.asarray(batch, dtype="f8")
+        if np.isfinite(batch).any():
+            lo, hi = min(lo, float(np.nanmin(batch))), max(hi, float(np.nanmax(batch)))
+    if not math.isfinite(lo):
+        raise ValueError("cannot fit min-max scaling: no finite training values")
+    return MinMax(lo, hi if hi > lo else lo + 1.0, clip_min)
+
+
+def make(kind: str | None, variable: str, fit_frames: Iterable[np.ndarray] | None = None) -> Transform:
+    """The transform ``kind`` (default: by ``variable``), fitted on ``fit_frames`` if it needs fitting."""
+    kind = kind or DEFAULT_KIND.get(variable, "identity")
+    if kind == "minmax":
+        if fit_frames is None:
+            raise ValueError("min-max scaling needs training frames to fit on")
+        quantity = QUANTITIES.get(variable)
+        return fit_minmax(fit_frames, clip_min=quantity.valid_min if quantity else None)
+    return from_dict({"kind": kind})
