@@ -1,0 +1,107 @@
+"""Checkpoints: one ``torch.save`` file per state, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is a ``dict`` of tensors and primitive containers only (no
+pickled objects), so :func:`load_checkpoint` never runs code from the file:
+
+* ``format``: :data:`FORMAT`; ``epoch`` (completed epochs), ``step``;
+* ``model``: ``{"name": preset or family, "config": model.config, "state": state_dict}``;
+* ``optimizer``, ``scheduler``, ``scaler``: their ``state_dict()``;
+* ``transform``: :meth:`nowcast.transforms.Transform.to_dict`;
+* ``rng``: torch (CPU and CUDA), numpy and Python generator states;
+* ``config``: the training configuration; ``data``: what the model was trained on
+  (variable, time step, channels, patch); ``history``: metrics per epoch;
+  ``early_stopping``: best validation loss and epochs without improvement.
+
+A run folder holds ``last.pt`` (every epoch, for ``--resume``) and
+``best.pt`` (lowest validation loss, for forecasting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nowcast.products.atomic import atomic_path
+
+FORMAT = "nowcast-checkpoint-v1"
+LAST, BEST = "last.pt", "best.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A file or run folder holds no usable nowcast checkpoint (names the path)."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); return ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    return path
+
+
+def find_checkpoint(run_dir_or_file: str | os.PathLike, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:
+    """The checkpoint file itself, or the first of ``prefer`` found in a run folder."""
+    path = Path(run_dir_or_file)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in prefer:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: no checkpoint ({' or '.join(prefer)}) in this run folder")
+    raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``); raise :class:`CheckpointError` if it is not one."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable, truncated or unsafe files alike
+        raise CheckpointError(f"{path}: cannot load checkpoint ({err})") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a nowcast checkpoint (expected format {FORMAT!r})")
+    return state
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file: identifies the exact checkpoint behind a forecast."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state as tensors and plain values."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generator states saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))

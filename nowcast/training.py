@@ -1,0 +1,540 @@
+"""Training loop: paper optimisers, schedules and losses; AMP, DDP and resumable checkpoints.
+
+:func:`train` fits one model preset on an archive (or an in-memory data-model
+dataset) and writes a run folder::
+
+    RUN_DIR/config.json    the resolved training configuration
+    RUN_DIR/last.pt        checkpoint after every epoch (``resume=True`` continues from it)
+    RUN_DIR/best.pt        checkpoint with the lowest validation loss (used for forecasting)
+    RUN_DIR/metrics.csv    one row per epoch (also metrics.json; TensorBoard optional)
+
+Runs are reproducible: the model is initialised from ``seed``, the sample
+order of epoch ``e`` depends only on ``(seed, e)``, and every random state is
+saved at the end of each epoch, so a killed run resumed from ``last.pt``
+reaches exactly the losses of an uninterrupted one (bit for bit on CPU).
+Under ``torchrun`` the same call trains with DistributedDataParallel (gloo on
+CPU, NCCL on CUDA) and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as torch_dist
+import xarray as xr
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from nowcast import models
+from nowcast.checkpoint import (BEST, LAST, find_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
+from nowcast.products.atomic import atomic_path, write_text_atomic
+from nowcast.transforms import from_dict
+from nowcast.windows import Splits, open_frames, split_datasets
+
+log = logging.getLogger(__name__)
+
+#: Used for a bare family name (``"tau"``), which has no paper recipe of its own.
+FALLBACK_DEFAULTS = models.TrainingDefaults("adam", 1e-3, "onecycle", 8, 10)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (stored in every checkpoint)."""
+
+    preset: str
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    schedule: str
+    warmup_epochs: int
+    scheduled_sampling: bool
+    t_in: int
+    t_out: int
+    steps_per_epoch: int | None = None
+    patch: list[int] | None = None
+    min_wet_fraction: float = 0.0
+    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    block: str | None = None
+    transform: str | None = None
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    patience: int | None = 10
+    amp: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """A finished (or early-stopped) run."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, float]]
+    stopped_early: bool = False
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, *values: float, device: torch.device) -> list[float]:
+        """Sum scalars over ranks (identity without DDP)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        torch_dist.all_reduce(t)
+        return t.tolist()
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled sample indices that depend only on ``(seed, epoch)``: ``per_rank`` of them for this rank.
+
+    Unlike ``DistributedSampler`` it can draw more (or fewer) samples than one
+    pass over the data (``steps_per_epoch``); passes are concatenated
+    permutations, and rank ``r`` takes every ``world``-th index from ``r``.
+    """
+
+    def __init__(self, n: int, per_rank: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.per_rank, self.seed, self.rank, self.world = n, per_rank, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        total = self.per_rank * self.world
+        passes = [torch.randperm(self.n, generator=g) for _ in range(math.ceil(total / self.n))]
+        return iter(torch.cat(passes)[:total][self.rank::self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def training_defaults(preset: str) -> models.TrainingDefaults:
+    """The paper's optimiser, learning rate, schedule, batch size and epochs for ``preset``."""
+    if preset in models.PRESETS and models.PRESETS[preset].training is not None:
+        return models.PRESETS[preset].training
+    models.family_of(preset)  # raises KeyError for unknown names
+    return FALLBACK_DEFAULTS
+
+
+def train(
+    archive_or_dataset: str | os.PathLike | xr.Dataset,
+    preset: str,
+    out_dir: str | os.PathLike,
+    *,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    t_in: int | None = None,
+    t_out: int | None = None,
+    patch: int | tuple[int, int] | None = None,
+    device: str = "auto",
+    amp: str = "auto",
+    compile: bool = False,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    optimizer: str | None = None,
+    schedule: str | None = None,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    patience: int | None = 10,
+    min_wet_fraction: float = 0.0,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    block: str | None = None,
+    transform: str | None = None,
+    num_workers: int = 0,
+    tensorboard: bool = False,
+    **model_overrides: Any,
+) -> TrainResult:
+    """Train ``preset`` on an archive path or data-model dataset; write checkpoints to ``out_dir``.
+
+    Unset options take the preset's paper defaults (:func:`training_defaults`):
+    Adam/AdamW, OneCycle or cosine-with-warm-up (per step), batch size and
+    epochs; the loss is :func:`nowcast.models.paper_loss` (MS-LSTM adds
+    linear scheduled sampling). ``t_in``/``t_out`` default to the preset's,
+    ``in_channels`` always follows the data, and other keyword arguments
+    override model hyper-parameters.
+
+    Args:
+        steps_per_epoch: batches per epoch (default: one pass over the training split).
+        patch: training tile size; default the preset's frame size when the
+            domain is larger, else the whole domain.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` or ``"off"``.
+        compile: wrap the model in ``torch.compile``.
+        resume: continue from ``out_dir/last.pt`` with its stored configuration.
+        patience: stop after this many epochs without a lower validation loss (None: never).
+        fractions, block: time-block split (see :func:`nowcast.windows.split_windows`).
+        transform: scaler kind (default by variable: dBR for rain, min–max for flows).
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
+    """
+    run_dir = Path(out_dir)
+    dist = _init_distributed(device)
+    try:
+        dev = _device(device, dist)
+        state = _resume_state(run_dir, resume, dev)
+        if state is not None:
+            cfg = TrainConfig(**state["config"])
+            _check_resume_arguments(cfg, epochs=epochs, batch_size=batch_size, lr=lr, t_in=t_in, t_out=t_out,
+                                    steps_per_epoch=steps_per_epoch)
+        else:
+            cfg = _new_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, t_in=t_in, t_out=t_out,
+                              steps_per_epoch=steps_per_epoch, patch=patch, amp=amp, seed=seed,
+                              optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
+                              grad_clip=grad_clip, patience=patience, min_wet_fraction=min_wet_fraction,
+                              fractions=fractions, block=block, transform=transform, num_workers=num_workers,
+                              model_overrides=model_overrides, source=archive_or_dataset)
+        return _Trainer(cfg, archive_or_dataset, run_dir, dev, dist, state, compile=compile,
+                        progress=progress and dist.main, tensorboard=tensorboard).run()
+    finally:
+        if dist.owns_group:
+            torch_dist.destroy_process_group()
+
+
+def _init_distributed(device: str) -> _Dist:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    owns = not torch_dist.is_initialized()
+    if owns:
+        cuda = torch.cuda.is_available() and not device.startswith("cpu")
+        torch_dist.init_process_group("nccl" if cuda else "gloo")
+    log.info("DDP rank %d of %d (local rank %d)", rank, world, local_rank)
+    return _Dist(rank, world, local_rank, owns)
+
+
+def _device(device: str, dist: _Dist) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", dist.local_rank)
+    return dev
+
+
+def _resume_state(run_dir: Path, resume: bool, dev: torch.device) -> dict | None:
+    last = run_dir / LAST
+    if last.exists():
+        if not resume:
+            raise FileExistsError(f"{run_dir}: already holds a training run ({LAST}); "
+                                  "resume it (--resume) or choose another folder")
+        log.info("resuming from %s", last)
+        return load_checkpoint(last, map_location=dev)
+    if resume:
+        log.warning("%s: nothing to resume (no %s yet); starting a new run", run_dir, LAST)
+    return None
+
+
+def _check_resume_arguments(cfg: TrainConfig, **given: Any) -> None:
+    clashes = [f"{k}={v} (run has {getattr(cfg, k)})" for k, v in given.items()
+               if v is not None and v != getattr(cfg, k)]
+    if clashes:
+        raise ValueError("resume continues a run with its stored configuration; "
+                         f"these arguments differ: {', '.join(clashes)}")
+
+
+def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_epoch, patch, optimizer,
+                schedule, fractions, model_overrides, source, **rest) -> TrainConfig:
+    defaults = training_defaults(preset)
+    kwargs = models.PRESETS[preset].kwargs if preset in models.PRESETS else {}
+    t_in = t_in or kwargs.get("t_in") or model_overrides.get("t_in")
+    t_out = t_out or kwargs.get("t_out") or model_overrides.get("t_out")
+    if not (t_in and t_out):
+        raise ValueError(f"{preset!r} has no frame counts of its own: pass t_in and t_out")
+    overrides = {k: v for k, v in model_overrides.items() if k not in ("t_in", "t_out", "in_channels")}
+    return TrainConfig(
+        preset=preset, epochs=epochs or defaults.epochs, batch_size=batch_size or defaults.batch_size,
+        lr=defaults.lr if lr is None else lr, optimizer=optimizer or defaults.optimizer, schedule=schedule or defaults.schedule,
+        warmup_epochs=defaults.warmup_epochs, scheduled_sampling=defaults.scheduled_sampling,
+        t_in=int(t_in), t_out=int(t_out), steps_per_epoch=steps_per_epoch,
+        patch=_default_patch(preset, patch, source), model_overrides=overrides,
+        fractions=[float(f) for f in fractions], **rest)
+
+
+def _default_patch(preset: str, patch, source) -> list[int] | None:
+    if patch is not None:
+        return [int(patch), int(patch)] if np.isscalar(patch) else [int(p) for p in patch]
+    if preset not in models.PRESETS:
+        return None
+    data, _ = open_frames(source)
+    size = [models.PRESETS[preset].height, models.PRESETS[preset].width]
+    return size if data.sizes["y"] > size[0] and data.sizes["x"] > size[1] else None
+
+
+class _Trainer:
+    """One run: data, model, optimisation state; :meth:`run` trains the remaining epochs."""
+
+    def __init__(self, cfg: TrainConfig, source, run_dir: Path, dev: torch.device, dist: _Dist,
+                 state: dict | None, *, compile: bool, progress: bool, tensorboard: bool) -> None:
+        self.cfg, self.run_dir, self.dev, self.dist, self.progress = cfg, run_dir, dev, dist, progress
+        if state is None:
+            _seed_everything(cfg.seed)
+        self.data = split_datasets(
+            source, cfg.t_in, cfg.t_out, patch=cfg.patch, min_wet_fraction=cfg.min_wet_fraction,
+            fractions=cfg.fractions, block=cfg.block, seed=cfg.seed,
+            transform=from_dict(state["transform"]) if state else cfg.transform)
+        if len(self.data.train) == 0:
+            raise ValueError(f"no training samples of {cfg.t_in}+{cfg.t_out} gapless frames in "
+                             f"{_describe(source)}")
+        if len(self.data.val) == 0:
+            log.warning("no validation samples (each split needs %d gapless frames): early stopping and "
+                        "best.pt follow the training loss", cfg.t_in + cfg.t_out)
+        self.model = models.build(cfg.preset, t_in=cfg.t_in, t_out=cfg.t_out,
+                                  in_channels=self.data.train.channels, **cfg.model_overrides)
+        self.model.to(dev)
+        if dev.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = self.model
+        if dist.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if compile:
+            self.net = torch.compile(self.net)
+        self.loss_fn = models.paper_loss(self.model)
+        per_rank_batches = cfg.steps_per_epoch or math.ceil(len(self.data.train) / (cfg.batch_size * dist.world))
+        self.steps_per_epoch = per_rank_batches
+        self.total_steps = cfg.epochs * per_rank_batches
+        self.sampler = EpochSampler(len(self.data.train), per_rank_batches * cfg.batch_size, cfg.seed,
+                                    dist.rank, dist.world)
+        self.loader = DataLoader(self.data.train, batch_size=cfg.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
+                                 persistent_workers=cfg.num_workers > 0)
+        val_indices = list(range(dist.rank, len(self.data.val), dist.world))
+        self.val_loader = DataLoader(torch.utils.data.Subset(self.data.val, val_indices),
+                                     batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        self.optimizer = _optimizer(cfg, self.model)
+        self.scheduler = _scheduler(cfg, self.optimizer, self.total_steps, per_rank_batches)
+        self.amp_dtype = _amp_dtype(cfg.amp, dev)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
+        self.epoch, self.step, self.history = 0, 0, []
+        self.best, self.bad_epochs, self.stopped_early = math.inf, 0, False
+        if state is not None:
+            self._restore(state)
+        self.writer = _tensorboard(run_dir) if tensorboard and dist.main else None
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"]["state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        stopping = state["early_stopping"]
+        self.best, self.bad_epochs = stopping["best"], stopping["bad_epochs"]
+        self.stopped_early = stopping["stopped"]
+        set_rng_state(state["rng"])
+
+    def run(self) -> TrainResult:
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "config.json", json.dumps(asdict(self.cfg), indent=1))
+        log.info("training %s for %d epochs of %d steps (batch %d, %s, %s schedule, lr %g) on %s",
+                 self.cfg.preset, self.cfg.epochs, self.steps_per_epoch, self.cfg.batch_size,
+                 self.cfg.optimizer, self.cfg.schedule, self.cfg.lr, self.dev)
+        while self.epoch < self.cfg.epochs and not self.stopped_early:
+            self._epoch()
+        if self.writer is not None:
+            self.writer.close()
+        if self.dist.world > 1:
+            torch_dist.barrier()
+        best = find_checkpoint(self.run_dir, (BEST, LAST))
+        return TrainResult(self.run_dir, best, self.run_dir / LAST, list(self.history), self.stopped_early)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dev.type, dtype=self.amp_dtype)
+
+    def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
+
+    def _epoch(self) -> None:
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch)
+        self.net.train()
+        loss_sum, count, started = 0.0, 0, time.perf_counter()
+        with _progress_bar(self.progress, f"epoch {self.epoch + 1}/{cfg.epochs}", len(self.loader)) as bar:
+            for x, y in self.loader:
+                x, y = self._batch(x, y)
+                ratio = models.scheduled_sampling_ratio(self.step, self.total_steps) if cfg.scheduled_sampling else 0.0
+                with self._autocast():
+                    pred = self.net(x, target=y if ratio > 0 else None, sampling_ratio=ratio)
+                    loss = self.loss_fn(pred, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged at step {self.step} (loss {loss.item()}); "
+                                             "lower the learning rate or enable gradient clipping")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.step += 1
+                loss_sum += loss.item() * len(x)
+                count += len(x)
+                bar(loss=loss_sum / count, rate=count * self.dist.world / (time.perf_counter() - started))
+        loss_sum, count = self.dist.sum(loss_sum, count, device=self.dev)
+        seconds = time.perf_counter() - started
+        val_loss, val_mse = self._validate()
+        self.epoch += 1
+        row = {"epoch": self.epoch, "step": self.step, "samples": int(count), "train_loss": loss_sum / count,
+               "val_loss": val_loss,
+               "val_mse": val_mse, "lr": self.scheduler.get_last_lr()[0], "seconds": seconds,
+               "samples_per_s": count / seconds}
+        self.history.append(row)
+        monitored = val_loss if math.isfinite(val_loss) else row["train_loss"]
+        improved = monitored < self.best
+        self.best, self.bad_epochs = (monitored, 0) if improved else (self.best, self.bad_epochs + 1)
+        self.stopped_early = bool(cfg.patience) and self.bad_epochs >= cfg.patience and self.epoch < cfg.epochs
+        log.info("epoch %d: train %.5f, val %.5f, %.1f samples/s", self.epoch, row["train_loss"], val_loss,
+                 row["samples_per_s"])
+        if self.dist.main:
+            self._save(improved)
+        if self.stopped_early:
+            log.info("early stop: no lower validation loss for %d epochs", self.bad_epochs)
+
+    @torch.no_grad()
+    def _validate(self) -> tuple[float, float]:
+        """Mean paper loss and MSE (transformed units) over the validation split; NaN if it is empty."""
+        self.net.eval()
+        loss_sum = mse_sum = count = 0.0
+        for x, y in self.val_loader:
+            x, y = self._batch(x, y)
+            with self._autocast():
+                pred = self.model(x)
+            loss_sum += self.loss_fn(pred, y).item() * len(x)
+            mse_sum += models.mse(pred, y).item() * len(x)
+            count += len(x)
+        loss_sum, mse_sum, count = self.dist.sum(loss_sum, mse_sum, count, device=self.dev)
+        return (loss_sum / count, mse_sum / count) if count else (math.nan, math.nan)
+
+    def _save(self, improved: bool) -> None:
+        model = self.model
+        state = {
+            "epoch": self.epoch, "step": self.step,
+            "model": {"name": model.preset or model.family, "config": dict(model.config),
+                      "state": model.state_dict()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "transform": self.data.transform.to_dict(),
+            "rng": rng_state(), "config": asdict(self.cfg), "data": _data_meta(self.data),
+            "history": list(self.history),
+            "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
+        }
+        save_checkpoint(state, self.run_dir / LAST)
+        if improved:
+            save_checkpoint(state, self.run_dir / BEST)
+        table = pd.DataFrame(self.history)
+        with atomic_path(self.run_dir / "metrics.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        write_text_atomic(self.run_dir / "metrics.json", json.dumps(self.history, indent=1))
+        if self.writer is not None:
+            for key, value in self.history[-1].items():
+                if key not in ("epoch", "step", "samples"):
+                    self.writer.add_scalar(key, value, self.epoch)
+
+
+def _data_meta(data: Splits) -> dict[str, Any]:
+    train = data.train
+    return {"variable": str(train.variable), "time_step": str(train.step), "channels": train.channels,
+            "patch": list(train.patch), "domain": [train.height, train.width],
+            "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+
+
+def _describe(source) -> str:
+    return source.attrs.get("source", "the dataset") if isinstance(source, xr.Dataset) else str(source)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if cfg.optimizer not in kinds:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {sorted(kinds)}")
+    return kinds[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int,
+               steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: ``onecycle``, ``cosine`` (linear warm-up, then cosine) or ``constant``."""
+    sched = torch.optim.lr_scheduler
+    if cfg.schedule == "onecycle":
+        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 2))
+    if cfg.schedule == "cosine":
+        warmup = min(cfg.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0))
+        cosine = sched.CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup, 1))
+        if not warmup:
+            return cosine
+        ramp = sched.LinearLR(optimizer, start_factor=1e-2, end_factor=1.0, total_iters=warmup)
+        return sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    if cfg.schedule == "constant":
+        return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose onecycle, cosine or constant")
+
+
+def _amp_dtype(amp: str, dev: torch.device) -> torch.dtype | None:
+    choices = {"auto": torch.bfloat16 if dev.type == "cuda" else None, "bf16": torch.bfloat16,
+               "fp16": torch.float16, "off": None}
+    if amp not in choices:
+        raise ValueError(f"unknown amp setting {amp!r}; choose one of {sorted(choices)}")
+    return choices[amp]
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError("tensorboard logging needs the 'tensorboard' package (pip install tensorboard)") from err
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, title: str, total: int):
+    """A rich progress bar with loss and throughput; yields ``update(loss=..., rate=...)``."""
+    if not enabled:
+        yield lambda **_: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} samples/s"),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(title, total=total, loss=math.nan, rate=0.0)
+        yield lambda **fields: bar.update(task, advance=1, **fields)

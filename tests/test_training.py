@@ -1,0 +1,159 @@
+"""Training: run folder and safe checkpoints, bit-exact resume after a kill, early stopping,
+scheduled sampling, and DDP under torchrun (tiny presets, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nowcast import archive
+from nowcast.checkpoint import CheckpointError, load_checkpoint
+from nowcast.synthetic import synthetic_radar
+from nowcast.training import _Trainer, train
+from nowcast.transforms import DBR
+
+pytestmark = pytest.mark.xdist_group("training")
+NOWCAST = Path(sys.executable).with_name("nowcast")
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+# The same settings in-process and on the command line (CLI defaults: split 0.8/0.1/0.1, patience 10).
+RUN = dict(epochs=3, steps_per_epoch=4, batch_size=4, patch=32, seed=5)
+CLI_RUN = ["--epochs", "3", "--steps-per-epoch", "4", "--batch-size", "4", "--patch", "32", "--seed", "5"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: bit-identical results across processes, and no oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("train") / "radar.zarr"
+    archive.write(synthetic_radar(120, size=64, seed=4), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(store, tmp_path_factory):
+    """tau-tiny trained for 3 epochs without interruption."""
+    return train(store, "tau-tiny", tmp_path_factory.mktemp("runs") / "full", progress=False, **RUN)
+
+
+def test_run_folder_and_checkpoint(full_run, store):
+    run = full_run.run_dir
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv",
+                                                    "metrics.json"]  # no temporary files left
+    state = load_checkpoint(run / "last.pt")  # torch.load(weights_only=True) inside
+    assert state["epoch"] == 3 and state["step"] == 12
+    assert state["model"]["name"] == "tau-tiny" and state["model"]["config"]["t_in"] == 8
+    assert state["transform"] == DBR().to_dict()
+    assert set(state["optimizer"]) == {"state", "param_groups"}
+    assert state["scheduler"]["total_steps"] == 12  # OneCycle over the whole run, stepped per batch
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+    assert state["data"]["variable"] == "rainrate" and state["data"]["patch"] == [32, 32]
+    assert state["config"]["optimizer"] == "adam" and state["config"]["schedule"] == "onecycle"
+    history = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["samples"] == 16 for h in history)
+    assert all(np.isfinite(h["val_loss"]) for h in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (run / "metrics.csv").read_text().count("\n") == 4
+    best = min(history, key=lambda h: h["val_loss"])
+    assert load_checkpoint(run / "best.pt")["epoch"] == best["epoch"]
+    with pytest.raises(FileExistsError, match="resume"):
+        train(store, "tau-tiny", run, progress=False, **RUN)
+
+
+def test_checkpoint_refuses_other_files(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a nowcast checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "foreign.pt").read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_killed_run_resumes_to_identical_losses(full_run, store, tmp_path):
+    """SIGKILL `nowcast train` after its first epoch, resume: every epoch's losses match bit for bit."""
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([str(NOWCAST), "train", str(store), "--model", "tau-tiny", "--out", str(run),
+                             "--no-progress", *CLI_RUN], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    done = load_checkpoint(run / "last.pt")["epoch"]
+    assert 1 <= done < 3
+    resumed = train(store, "tau-tiny", run, resume=True, progress=False)
+    keys = ("epoch", "step", "samples", "train_loss", "val_loss", "val_mse", "lr")
+    assert [{k: h[k] for k in keys} for h in resumed.history] == \
+        [{k: h[k] for k in keys} for h in full_run.history]
+    with pytest.raises(ValueError, match="epochs=5"):
+        train(store, "tau-tiny", run, resume=True, epochs=5, progress=False)
+
+
+def test_early_stopping_on_validation_loss(store, tmp_path, monkeypatch):
+    losses = iter([0.5, 0.4, 0.45, 0.41, 0.3, 0.2])
+    monkeypatch.setattr(_Trainer, "_validate", lambda self: (next(losses), 0.0))
+    obs = archive.open_archive(store)  # an in-memory (dask) dataset works as well as a path
+    result = train(obs, "stlight-tiny", tmp_path / "early", epochs=6, steps_per_epoch=1, batch_size=2,
+                   patch=32, patience=2, amp="bf16", progress=False)
+    assert result.stopped_early and [h["val_loss"] for h in result.history] == [0.5, 0.4, 0.45, 0.41]
+    assert load_checkpoint(result.best_checkpoint)["epoch"] == 2
+
+
+def test_mslstm_trains_with_scheduled_sampling(store, tmp_path, monkeypatch):
+    from nowcast import models
+
+    ratios, calls = [], []
+    real_ratio, real_forward = models.scheduled_sampling_ratio, models.MSLSTM.forward
+
+    def ratio(step, total):
+        ratios.append(real_ratio(step, total))
+        return ratios[-1]
+
+    def forward(self, x, t_out=None, *, target=None, sampling_ratio=0.0):
+        calls.append((self.training, target is not None))
+        return real_forward(self, x, t_out, target=target, sampling_ratio=sampling_ratio)
+
+    monkeypatch.setattr(models, "scheduled_sampling_ratio", ratio)
+    monkeypatch.setattr(models.MSLSTM, "forward", forward)
+    result = train(store, "mslstm-tiny", tmp_path / "ms", epochs=2, steps_per_epoch=2, batch_size=2, patch=16,
+                   t_in=4, t_out=2, fractions=(0.95, 0.05, 0.0), progress=False)
+    assert ratios == [1.0, 0.75, 0.5, 0.25]  # linear from 1 to 0 over the 4 steps
+    assert [given for training, given in calls if training] == [True] * 4
+    assert not any(given for training, given in calls if not training)  # validation sees no truth
+    assert len(calls) > 4
+    assert load_checkpoint(result.last_checkpoint)["config"]["schedule"] == "constant"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_torchrun_two_processes_use_ddp(store, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "--no-python", str(NOWCAST), "train", str(store),
+           "--model", "stlight-tiny", "--out", str(run), "--epochs", "1", "--steps-per-epoch", "3",
+           "--batch-size", "2", "--patch", "32", "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((run / "metrics.json").read_text())
+    assert history[0]["samples"] == 2 * 3 * 2  # two ranks × 3 steps × batch 2
+    assert load_checkpoint(run / "last.pt")["step"] == 3
+    shutil.rmtree(run)
