@@ -1,0 +1,87 @@
+"""``nowcast train``: fit a model preset on an archive (also under ``torchrun`` for several GPUs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nowcast.cli import app
+
+
+def fail(message: str) -> None:
+    """Print an expected error without a traceback and exit with status 1."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _fractions(split: str) -> tuple[float, float, float]:
+    try:
+        fractions = tuple(float(f) for f in split.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0:
+        fail(f"--split takes three fractions (train, validation, test), e.g. 0.8,0.1,0.1; got {split!r}")
+    return fractions
+
+
+@app.command()
+def train(
+    archive: Path = typer.Argument(..., help="Zarr archive of observations (nowcast ingest / archive.write)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model preset (nowcast models), e.g. tau-radar."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder for checkpoints and the metrics log."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: the paper's)."),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="Batches per epoch (default: one pass)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size per process (default: the paper's)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the paper's)."),
+    t_in: Optional[int] = typer.Option(None, help="Input frames (default: the preset's)."),
+    t_out: Optional[int] = typer.Option(None, help="Output frames (default: the preset's)."),
+    patch: Optional[int] = typer.Option(None, help="Training tile size in cells (default: the preset's frame size)."),
+    min_wet_fraction: float = typer.Option(0.0, help="Drop training tiles with a smaller wet fraction."),
+    split: str = typer.Option("0.8,0.1,0.1", help="Train, validation and test fractions of the time axis."),
+    block: Optional[str] = typer.Option(None, help="Split train/val/test by shuffled blocks of this duration "
+                                                   "(e.g. 1D) (default: chronological)."),
+    patience: int = typer.Option(10, help="Early stopping: epochs without a lower validation loss (0: never)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    amp: str = typer.Option("auto", help="auto (bf16 on CUDA), bf16, fp16 or off."),
+    compile: bool = typer.Option(False, "--compile", help="Use torch.compile."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    seed: int = typer.Option(0, help="Seed of initialisation and sample order."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train MODEL on ARCHIVE into OUT (paper optimiser, schedule and loss; resumable; DDP under torchrun)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nowcast.archive import ArchiveError
+    from nowcast.checkpoint import CheckpointError
+    from nowcast.schema import SchemaError
+    from nowcast.training import train as run_training
+
+    try:
+        result = run_training(
+            archive, model, out, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
+            t_in=t_in, t_out=t_out, patch=patch, min_wet_fraction=min_wet_fraction,
+            fractions=_fractions(split), block=block,
+            patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
+            num_workers=workers, tensorboard=tensorboard, progress=progress)
+    except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:
+        fail(str(err).strip("'\""))
+    if int(os.environ.get("RANK", "0")):
+        return
+    console = Console()
+    table = Table(title=f"{model}: {len(result.history)} epochs" + (" (early stop)" if result.stopped_early else ""))
+    for column in ("epoch", "train loss", "val loss", "samples/s"):
+        table.add_column(column, justify="right")
+    for row in result.history:
+        table.add_row(str(row["epoch"]), f"{row['train_loss']:.5f}", f"{row['val_loss']:.5f}",
+                      f"{row['samples_per_s']:.1f}")
+    console.print(table)
+    console.print(f"best checkpoint  {result.best_checkpoint}")
+    console.print(f"metrics          {result.run_dir / 'metrics.csv'}")

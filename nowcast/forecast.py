@@ -1,0 +1,383 @@
+"""From a trained checkpoint and observations to a georeferenced forecast in the data model.
+
+:func:`forecast` takes the last ``T_in`` frames at or before the issue time,
+scales them with the transform stored in the checkpoint, runs the network
+(on the whole domain, or on overlapping tiles blended with tapered weights
+when the domain is large), inverts the transform and wraps the fields with
+:func:`nowcast.schema.make_forecast` on the observations' grid and CRS.
+:func:`forecast_with_baselines` adds Eulerian persistence and Lagrangian
+extrapolation (historical average for crowd flows) issued from the same
+frames, so every forecast can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from torch import nn
+
+from nowcast import baselines, models
+from nowcast.checkpoint import file_hash, find_checkpoint, load_checkpoint
+from nowcast.schema import data_variables, make_forecast, time_step, validate
+from nowcast.transforms import Transform, from_dict
+from nowcast.windows import gapless_starts, tile_origins
+
+log = logging.getLogger(__name__)
+
+#: Domains up to this many cells run whole; larger ones are tiled (all presets are fully convolutional).
+MAX_WHOLE_CELLS = 512 * 512
+#: The domain (and tiles) are padded to a multiple of this, which every preset's down-sampling divides.
+SIZE_MULTIPLE = 16
+TILE_BATCH = 8
+
+
+class MissingInputError(ValueError):
+    """The input window is incomplete; ``missing`` lists the absent times."""
+
+    def __init__(self, reference_time: pd.Timestamp, missing: pd.DatetimeIndex, t_in: int, step: pd.Timedelta):
+        self.reference_time, self.missing = reference_time, missing
+        shown = ", ".join(t.strftime("%Y-%m-%d %H:%M") for t in missing[:12])
+        more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
+        super().__init__(f"cannot forecast from {reference_time:%Y-%m-%d %H:%M}: the {t_in} input frames "
+                         f"every {_minutes(step)} lack {len(missing)} time(s): {shown}{more}")
+
+
+def _minutes(step: pd.Timedelta) -> str:
+    return f"{step.total_seconds() / 60:g} min"
+
+
+def input_times(reference_time: Any, t_in: int, step: pd.Timedelta) -> pd.DatetimeIndex:
+    """The ``t_in`` frame times ending at ``reference_time``, oldest first."""
+    reference_time = pd.Timestamp(reference_time)
+    return pd.DatetimeIndex([reference_time - k * step for k in range(t_in - 1, -1, -1)])
+
+
+def newest_complete_window(times: Sequence, t_in: int, step: pd.Timedelta) -> pd.Timestamp | None:
+    """Latest time whose ``t_in`` frames ending there are all present (None if there is none)."""
+    times = pd.DatetimeIndex(times)
+    starts = gapless_starts(times, t_in, step)
+    return times[starts[-1] + t_in - 1] if len(starts) else None
+
+
+def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None) -> xr.Dataset:
+    """The ``t_in`` consecutive frames of ``obs`` ending at ``at`` (default: the last time), loaded.
+
+    Frames that are absent, or entirely NaN, count as missing.
+
+    Raises:
+        MissingInputError: naming every missing time.
+    """
+    step = time_step(obs)
+    available = pd.DatetimeIndex(obs["time"].values)
+    if at is None:
+        if not len(available):
+            raise ValueError("the observations hold no frames")
+        reference = available[-1]
+    else:
+        reference = pd.Timestamp(at)
+        if reference.tz is not None:
+            reference = reference.tz_convert("UTC").tz_localize(None)
+    wanted = input_times(reference, t_in, step)
+    present = wanted[wanted.isin(available)]
+    window = obs.sel(time=present).load()
+    variable = data_variables(obs)[0]
+    empty = window[variable].isnull().all([d for d in window[variable].dims if d != "time"]).values
+    missing = wanted[~wanted.isin(present[~empty])]
+    if len(missing):
+        raise MissingInputError(reference, missing, t_in, step)
+    return window
+
+
+def load_model(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu"
+               ) -> tuple[nn.Module, Transform, dict[str, Any]]:
+    """Rebuild the network of a run folder (``best.pt``, else ``last.pt``) or checkpoint file.
+
+    Returns:
+        ``(model, transform, meta)``: the network in eval mode on ``device``;
+        the transform it was trained with; ``meta`` with ``preset``,
+        ``checkpoint`` (path), ``checkpoint_hash`` (SHA-256), ``epoch``,
+        ``data`` (variable, time step, channels, patch) and ``config``.
+    """
+    path = find_checkpoint(run_dir_or_ckpt)
+    state = load_checkpoint(path, map_location=device)
+    spec = state["model"]
+    model = models.build(spec["name"], **spec["config"])
+    model.load_state_dict(state["model"]["state"])
+    model.to(device).eval()
+    meta = {"preset": spec["name"], "checkpoint": str(path), "checkpoint_hash": file_hash(path),
+            "epoch": state["epoch"], "data": dict(state["data"]), "config": dict(state["config"])}
+    return model, from_dict(state["transform"]), meta
+
+
+def _check_compatible(obs: xr.Dataset, meta: dict[str, Any]) -> str:
+    variable = data_variables(obs)[0]
+    trained = meta.get("data", {})
+    if trained.get("variable", variable) != variable:
+        raise ValueError(f"{meta.get('checkpoint')}: the model was trained on '{trained['variable']}', "
+                         f"the observations hold '{variable}'")
+    if "time_step" in trained and pd.Timedelta(trained["time_step"]) != time_step(obs):
+        raise ValueError(f"{meta.get('checkpoint')}: the model was trained on frames every "
+                         f"{_minutes(pd.Timedelta(trained['time_step']))}, the observations come every "
+                         f"{_minutes(time_step(obs))}")
+    return variable
+
+
+def forecast(
+    obs: xr.Dataset,
+    model_or_run_dir: str | os.PathLike | tuple[nn.Module, Transform, dict[str, Any]],
+    *,
+    at: Any = None,
+    n_leads: int | None = None,
+    device: str | torch.device = "cpu",
+    tile: int | None = None,
+    overlap: int | None = None,
+) -> xr.Dataset:
+    """A deterministic forecast issued at ``at`` (default: the last observation time).
+
+    Args:
+        obs: observations in the data model (e.g. an opened archive; only the
+            input frames are read).
+        model_or_run_dir: run folder, checkpoint file, or :func:`load_model`'s tuple.
+        at: issue time; the ``T_in`` frames ending there must all be present.
+        n_leads: number of lead times (default: the model's ``t_out``; longer
+            horizons are rolled out by the model).
+        tile: run on ``tile`` × ``tile`` patches (default: whole domain up to
+            :data:`MAX_WHOLE_CELLS` cells, else the training patch size).
+        overlap: cells shared by neighbouring tiles (default ``tile // 4``).
+
+    Returns:
+        forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``
+        and ``checkpoint``), lead ``k`` valid at ``at + k · time_step``.
+
+    Raises:
+        MissingInputError: when input frames are missing (names them).
+    """
+    validate(obs, forecast=False)
+    if isinstance(model_or_run_dir, tuple):
+        model, transform, meta = model_or_run_dir
+    else:
+        model, transform, meta = load_model(model_or_run_dir, device)
+    variable = _check_compatible(obs, meta)
+    n_leads = int(n_leads or model.t_out)
+    window = select_inputs(obs, model.t_in, at)
+    frames = np.asarray(window[variable].values, dtype="f4")
+    frames = frames if frames.ndim == 4 else frames[:, None]
+    if tile is None and frames.shape[-2] * frames.shape[-1] > MAX_WHOLE_CELLS:
+        tile = max(meta.get("data", {}).get("patch") or [256])
+    fields = predict(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
+    fields = fields if variable == "crowd_flow" else fields[:, 0]
+    reference = pd.Timestamp(window["time"].values[-1])
+    log.info("%s forecast issued at %s: %d leads", meta.get("preset"), reference, n_leads)
+    attrs = {"checkpoint_hash": meta.get("checkpoint_hash", ""), "checkpoint": meta.get("checkpoint", "")}
+    return make_forecast(fields, like=obs, reference_time=reference, variable=variable,
+                         source=str(meta.get("preset") or model.preset or model.family), attrs=attrs)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads: int, *,
+            device: str | torch.device = "cpu", tile: int | None = None, overlap: int | None = None) -> np.ndarray:
+    """Physical ``[T_in, C, H, W]`` → physical ``[n_leads, C, H, W]`` through ``model``.
+
+    The scaled input is edge-padded to a multiple of :data:`SIZE_MULTIPLE`;
+    with ``tile`` set the model runs on overlapping tiles whose outputs are
+    averaged with weights that taper linearly over the overlap (no seams).
+    """
+    _, _, height, width = frames.shape
+    x = transform.forward(frames)
+    pad_h, pad_w = (-height) % SIZE_MULTIPLE, (-width) % SIZE_MULTIPLE
+    x = np.pad(x, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+    x = torch.from_numpy(x)[None].to(device)
+    model.eval()
+    if tile is None:
+        y = model(x, t_out=n_leads)[0]
+    else:
+        y = _tiled(model, x, n_leads, tile, overlap)
+    return transform.inverse(y.float().cpu().numpy()[..., :height, :width])
+
+
+def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None) -> torch.Tensor:
+    """Run ``model`` on overlapping tiles of ``x: [1, T, C, H, W]`` and blend them."""
+    _, _, c, h, w = x.shape
+    tile = int(math.ceil(tile / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    th, tw = min(tile, h), min(tile, w)
+    overlap = tile // 4 if overlap is None else int(overlap)
+    if not 0 <= overlap < min(th, tw):
+        raise ValueError(f"overlap {overlap} must be >= 0 and smaller than the tile ({th} x {tw})")
+    origins = [(y0, x0) for y0 in tile_origins(h, th, th - overlap) for x0 in tile_origins(w, tw, tw - overlap)]
+    weight = torch.outer(_taper(th, overlap), _taper(tw, overlap)).to(x.device)
+    total = x.new_zeros((n_leads, c, h, w))
+    norm = x.new_zeros((h, w))
+    for i in range(0, len(origins), TILE_BATCH):
+        batch = origins[i:i + TILE_BATCH]
+        tiles = torch.cat([x[:, :, :, y0:y0 + th, x0:x0 + tw] for y0, x0 in batch])
+        out = model(tiles, t_out=n_leads).float()
+        for (y0, x0), y in zip(batch, out):
+            total[..., y0:y0 + th, x0:x0 + tw] += y * weight
+            norm[y0:y0 + th, x0:x0 + tw] += weight
+    log.debug("blended %d tiles of %d x %d (overlap %d)", len(origins), th, tw, overlap)
+    return total / norm
+
+
+def _taper(n: int, overlap: int) -> torch.Tensor:
+    """1-D blending weights: rising linearly over ``overlap`` cells at each end, 1 inside, never 0."""
+    ramp = torch.ones(n)
+    if overlap:
+        edge = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+        ramp[:overlap] = edge
+        ramp[n - overlap:] = torch.minimum(ramp[n - overlap:], edge.flip(0))
+    return ramp
+
+
+def forecast_with_baselines(
+    obs: xr.Dataset,
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    at: Any = None,
+    n_leads: int,
+    device: str | torch.device = "cpu",
+    include_baselines: bool = True,
+) -> dict[str, xr.Dataset]:
+    """Forecasts of every run plus the baselines, all issued at ``at`` (default: the last observation time).
+
+    Keys: each run's preset name (the run folder's name when two runs share a
+    preset), then, unless ``include_baselines`` is False, ``persistence`` and
+    ``lagrangian`` (rain) or ``historical_average`` (crowd flow, when ``obs``
+    reaches back far enough).
+    """
+    out: dict[str, xr.Dataset] = {}
+    for run in run_dirs:
+        bundle = load_model(run, device)
+        name = bundle[2]["preset"]
+        out[Path(run).name if name in out else name] = forecast(obs, bundle, at=at, n_leads=n_leads,
+                                                                 device=device)
+    if not include_baselines:
+        return out
+    if out:
+        at = next(iter(out.values()))["forecast_reference_time"].values
+    out["persistence"] = baselines.persistence(obs, n_leads, at=at)
+    if data_variables(obs)[0] in baselines.RAIN_VARIABLES:
+        out["lagrangian"] = baselines.lagrangian_extrapolation(obs, n_leads, at=at)
+    else:
+        try:
+            out["historical_average"] = baselines.historical_average(obs, n_leads, at=at)
+        except ValueError as err:
+            log.warning("no historical-average baseline: %s", err)
+    return out
+
+
+FORMATS = ("netcdf", "geotiff")
+
+
+def issue_folder_name(reference_time: Any) -> str:
+    """Folder name of the products issued at ``reference_time``, e.g. ``20240601T1430Z``."""
+    return pd.Timestamp(reference_time).strftime("%Y%m%dT%H%MZ")
+
+
+def write_products(forecasts: dict[str, xr.Dataset], out_dir: str | os.PathLike, *,
+                   formats: Sequence[str] = FORMATS, overwrite: bool = False,
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Write every forecast (CF-NetCDF and/or one GeoTIFF per lead) into one folder, all or nothing.
+
+    Files go to a hidden temporary sibling of ``out_dir`` that is renamed onto
+    ``out_dir`` only when every file is written, so a failure leaves no partial
+    product. Layout: ``<method>.nc``, ``geotiff/<method>/*.tif`` and
+    ``manifest.json`` (issue time, files and checkpoint hash per method, plus ``extra``).
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+    """
+    from nowcast.products import write_cf_netcdf, write_geotiffs
+
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown product formats {sorted(unknown)}; choose from {list(FORMATS)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir}: products already exist (overwrite them with --overwrite)")
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
+    manifest: dict[str, Any] = {"methods": {}, **(extra or {})}
+    try:
+        tmp.mkdir(parents=True)
+        for name, fc in forecasts.items():
+            entry = {"source": fc.attrs.get("source", name), "checkpoint_hash": fc.attrs.get("checkpoint_hash"),
+                     "reference_time": str(pd.Timestamp(fc["forecast_reference_time"].values))}
+            if "netcdf" in formats:
+                write_cf_netcdf(fc, tmp / f"{name}.nc", checkpoint_hash=fc.attrs.get("checkpoint_hash"))
+                entry["netcdf"] = f"{name}.nc"
+            if "geotiff" in formats:
+                tiffs = write_geotiffs(fc, tmp / "geotiff" / name)
+                entry["geotiffs"] = [str(p.relative_to(tmp)) for p in tiffs]
+            manifest["methods"][name] = entry
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote %d forecasts to %s", len(forecasts), out_dir)
+    return out_dir
+
+
+@dataclass
+class IssuePlan:
+    """What one forecast run will do: issue time, products folder, or why it is skipped."""
+
+    reference_time: pd.Timestamp
+    folder: Path
+    t_in: int
+    t_out: int
+    skip: str | None = None
+
+
+def model_frames(run_dir_or_ckpt: str | os.PathLike) -> tuple[int, int]:
+    """``(t_in, t_out)`` of the checkpoint's model."""
+    config = load_checkpoint(find_checkpoint(run_dir_or_ckpt))["model"]["config"]
+    return int(config["t_in"]), int(config["t_out"])
+
+
+def plan_issue(store: str | os.PathLike, run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+               at: Any = None, overwrite: bool = False) -> IssuePlan:
+    """Pick the issue time (``at``, default the newest archived frame) and check its inputs.
+
+    ``t_in``/``t_out`` are the largest of the models' (3 and 12 with no model:
+    Lagrangian extrapolation's three frames, an hour of 5-min leads).
+
+    The plan is skipped, with the reason in ``skip``, when any of the
+    ``T_in`` frames ending at the issue time is missing (every missing time is
+    named) or when its products folder already exists (unless ``overwrite``).
+    """
+    from nowcast.archive import open_archive
+
+    obs = open_archive(store)
+    frames = [model_frames(run) for run in run_dirs] or [(3, 12)]
+    t_in, t_out = max(f[0] for f in frames), max(f[1] for f in frames)
+    reference = pd.Timestamp(at) if at is not None else pd.Timestamp(obs["time"].values[-1])
+    folder = Path(out_dir) / issue_folder_name(reference)
+    plan = IssuePlan(reference, folder, t_in, t_out)
+    try:
+        select_inputs(obs, t_in, reference)
+    except MissingInputError as err:
+        newest = newest_complete_window(obs["time"].values, t_in, time_step(obs))
+        plan.skip = f"{store}: {err}" + (f" (the newest complete window ends at {newest:%Y-%m-%d %H:%M})"
+                                         if newest is not None else " (the archive holds no complete window)")
+        return plan
+    if folder.exists() and not overwrite:
+        plan.skip = f"products issued at {reference:%Y-%m-%d %H:%M} already exist in {folder}"
+    return plan

@@ -1,0 +1,191 @@
+"""Forecasting from checkpoints: data model, input selection, missing inputs, tiling, baselines,
+traffic, all-or-nothing products and the command line (tiny presets, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from nowcast import archive
+from nowcast import forecast as fc
+from nowcast.checkpoint import file_hash
+from nowcast.cli import app
+from nowcast.schema import crs_of, validate
+from nowcast.synthetic import synthetic_radar, synthetic_traffic
+from nowcast.training import train
+from nowcast.transforms import DBR, Identity
+
+pytestmark = pytest.mark.xdist_group("forecast")
+ISSUE = pd.Timestamp("2024-06-01T16:00")  # frame 48 of the synthetic archive
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("forecast") / "radar.zarr"
+    archive.write(synthetic_radar(72, size=64, seed=8, start="2024-06-01T12:00"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(store, tmp_path_factory):
+    result = train(store, "stlight-tiny", tmp_path_factory.mktemp("runs") / "stlight", epochs=1,
+                   steps_per_epoch=2, batch_size=2, patch=32, fractions=(0.8, 0.2, 0.0), progress=False)
+    return result.run_dir
+
+
+def test_forecast_is_georeferenced_and_uses_the_frames_ending_at_the_issue_time(store, run):
+    obs = archive.open_archive(store)
+    out = fc.forecast(obs, run, at=ISSUE, n_leads=6)  # 6 > t_out = 4: the model rolls out
+    validate(out, forecast=True)
+    step = pd.Timedelta("5min")
+    assert pd.Timestamp(out["forecast_reference_time"].values) == ISSUE
+    assert list(pd.DatetimeIndex(out["time"].values)) == [ISSUE + k * step for k in range(1, 7)]
+    assert crs_of(out).equals(crs_of(obs))
+    np.testing.assert_array_equal(out["x"].values, obs["x"].values)
+    assert out.attrs["source"] == "stlight-tiny"
+    assert out.attrs["checkpoint_hash"] == file_hash(run / "best.pt")
+    model, transform, meta = fc.load_model(run)
+    assert isinstance(transform, DBR) and meta["checkpoint"] == str(run / "best.pt")
+    frames = obs["rainrate"].sel(time=slice(ISSUE - 7 * step, ISSUE)).values
+    with torch.no_grad():
+        expected = model(torch.from_numpy(transform.forward(frames))[None, :, None], t_out=6)
+    expected = transform.inverse(expected[0, :, 0].numpy())
+    np.testing.assert_allclose(out["rainrate"].values, expected, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(out["rainrate"].values).all() and out["rainrate"].values.min() >= 0
+
+
+def test_missing_or_empty_input_frames_are_named(store, run):
+    obs = archive.open_archive(store)
+    gappy = obs.drop_sel(time=[ISSUE - pd.Timedelta("10min"), ISSUE - pd.Timedelta("25min")])
+    with pytest.raises(fc.MissingInputError, match="lack 2 time") as err:
+        fc.forecast(gappy, run, at=ISSUE)
+    assert "2024-06-01 15:50" in str(err.value) and "2024-06-01 15:35" in str(err.value)
+    assert list(err.value.missing) == [ISSUE - pd.Timedelta("25min"), ISSUE - pd.Timedelta("10min")]
+    blank = obs.load()
+    blank["rainrate"].loc[{"time": ISSUE}] = np.nan
+    with pytest.raises(fc.MissingInputError, match="2024-06-01 16:00"):
+        fc.forecast(blank, run, at=ISSUE)
+
+
+class Pointwise(nn.Module):
+    """Each output cell depends on the same cell of the inputs only: tiling must not change it."""
+
+    t_in, t_out, preset, family = 3, 2, "pointwise", "pointwise"
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, x, t_out=None):
+        self.shapes.append(tuple(x.shape))
+        t_out = t_out or self.t_out
+        trend = x[:, -1:] - x[:, -2:-1]
+        return torch.cat([x[:, -1:] + (k + 1) * trend + 0.1 * x.mean(1, keepdim=True) for k in range(t_out)], 1)
+
+
+def test_tiles_blend_to_the_whole_domain_result(monkeypatch):
+    obs = synthetic_radar(3, size=72, seed=1).isel(x=slice(0, 70))  # 72 × 70: padded to 80 × 80
+    model = Pointwise()
+    bundle = (model, Identity(), {"preset": "pointwise"})
+    whole = fc.forecast(obs, bundle, n_leads=3)
+    assert model.shapes == [(1, 3, 1, 80, 80)]
+    tiled = fc.forecast(obs, bundle, n_leads=3, tile=32, overlap=8)
+    assert model.shapes[1] == (8, 3, 1, 32, 32) and len(model.shapes) == 3  # 3 × 3 tiles, 8 per batch
+    np.testing.assert_allclose(tiled["rainrate"].values, whole["rainrate"].values, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(fc, "MAX_WHOLE_CELLS", 1000)  # large domains are tiled by default
+    model.shapes.clear()
+    fc.forecast(obs, bundle, n_leads=1)
+    assert model.shapes[0][-2:] == (80, 80) and len(model.shapes) == 1  # no training patch: 256 ≥ domain
+    fc.forecast(obs, (model, Identity(), {"data": {"patch": [48, 48]}}), n_leads=1)
+    assert model.shapes[-1][-2:] == (48, 48)
+
+
+def test_forecast_with_baselines_share_the_issue_time(store, run):
+    obs = archive.open_archive(store)
+    out = fc.forecast_with_baselines(obs, [run], at=ISSUE, n_leads=4)
+    assert list(out) == ["stlight-tiny", "persistence", "lagrangian"]
+    for ds in out.values():
+        assert pd.Timestamp(ds["forecast_reference_time"].values) == ISSUE and ds.sizes["time"] == 4
+    np.testing.assert_array_equal(out["persistence"]["rainrate"].values[2], obs["rainrate"].sel(time=ISSUE).values)
+    assert list(fc.forecast_with_baselines(obs, [run], at=ISSUE, n_leads=2, include_baselines=False)) == \
+        ["stlight-tiny"]
+
+
+def test_traffic_forecast_keeps_the_flow_dim(tmp_path):
+    flows = synthetic_traffic(3, seed=1)
+    store = tmp_path / "traffic.zarr"
+    archive.write(flows, store)
+    result = train(store, "stlight-tiny", tmp_path / "run", t_in=4, t_out=2, epochs=1, steps_per_epoch=1,
+                   batch_size=2, fractions=(0.8, 0.2, 0.0), progress=False)
+    obs = archive.open_archive(store)
+    out = fc.forecast_with_baselines(obs, [result.run_dir], n_leads=3)
+    assert list(out) == ["stlight-tiny", "persistence"]  # 3 days: no historical average yet
+    model_fc = out["stlight-tiny"]
+    assert model_fc["crowd_flow"].dims == ("time", "flow", "y", "x") and model_fc["crowd_flow"].shape == (3, 2, 32, 32)
+    assert float(model_fc["crowd_flow"].min()) >= 0.0
+    assert fc.load_model(result.run_dir)[0].in_channels == 2
+
+
+def test_products_are_written_all_or_nothing(store, run, tmp_path, monkeypatch):
+    obs = archive.open_archive(store)
+    forecasts = fc.forecast_with_baselines(obs, [run], at=ISSUE, n_leads=2)
+    import nowcast.products.geotiff as geotiff
+
+    real = geotiff.write_geotiffs
+
+    def failing(forecast, out_dir, **kw):
+        if forecast.attrs["source"] == "lagrangian":
+            raise OSError("disk full")
+        return real(forecast, out_dir, **kw)
+
+    monkeypatch.setattr(geotiff, "write_geotiffs", failing)
+    with pytest.raises(OSError, match="disk full"):
+        fc.write_products(forecasts, tmp_path / "issue")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary folder left
+    monkeypatch.setattr(geotiff, "write_geotiffs", real)
+    folder = fc.write_products(forecasts, tmp_path / "issue", extra={"note": "test"})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["note"] == "test" and set(manifest["methods"]) == set(forecasts)
+    assert manifest["methods"]["stlight-tiny"]["checkpoint_hash"] == file_hash(run / "best.pt")
+    assert all((folder / p).exists() for m in manifest["methods"].values() for p in [m["netcdf"], *m["geotiffs"]])
+
+
+def test_cli_train_resume_forecast(store, tmp_path):
+    cli = CliRunner()
+    run_dir, out = tmp_path / "run", tmp_path / "products"
+    args = ["train", str(store), "--model", "stlight-tiny", "--out", str(run_dir), "--epochs", "1",
+            "--steps-per-epoch", "1", "--batch-size", "2", "--patch", "32", "--no-progress"]
+    first = cli.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = cli.invoke(app, args)
+    assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
+    resumed = cli.invoke(app, args + ["--resume"])
+    assert resumed.exit_code == 0 and "1 epochs" in resumed.output
+    issue = ["forecast", str(store), "-c", str(run_dir), "--out", str(out), "--at", "2024-06-01T16:00",
+             "--leads", "3"]
+    done = cli.invoke(app, issue)
+    assert done.exit_code == 0, done.output
+    folder = out / "20240601T1600Z"
+    assert sorted(p.name for p in folder.glob("*.nc")) == ["lagrangian.nc", "persistence.nc", "stlight-tiny.nc"]
+    assert len(list((folder / "geotiff" / "stlight-tiny").glob("*.tif"))) == 3
+    repeat = cli.invoke(app, issue)
+    assert repeat.exit_code == 1 and "already exist" in repeat.output
+    assert cli.invoke(app, issue + ["--overwrite", "--no-baselines", "--format", "netcdf"]).exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "stlight-tiny.nc"]
+    early = cli.invoke(app, ["forecast", str(store), "-c", str(run_dir), "--out", str(out), "--at",
+                             "2024-06-01T12:20"])
+    assert early.exit_code == 1 and "11:50" in early.output and "Traceback" not in early.output
