@@ -1,0 +1,232 @@
+"""Helpers shared by the radar readers: bad-file guard, grids, units, Z-R, coarsening."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import warnings
+import zlib
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyproj
+import xarray as xr
+
+from nowcast.schema import iso_duration, make_dataset
+from nowcast.sources import SourceError
+
+# Marshall and Palmer (1948): Z = 200 R^1.6, the default Z-R relation.
+MARSHALL_PALMER = (200.0, 1.6)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn any failure while reading ``path`` into a :class:`SourceError`.
+
+    Decoders of corrupt or truncated files fail with many exception types
+    (zlib, HDF5, PIL, GRIB, netCDF, index errors); callers need one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(path, "no such file" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise SourceError(path, "empty file")
+    try:
+        yield
+    except SourceError:
+        raise
+    except (OSError, EOFError, zlib.error) as err:
+        raise SourceError(path, f"unreadable or truncated {what} ({type(err).__name__}: {err})") from err
+    except Exception as err:  # noqa: BLE001 - any decoder failure means a bad file
+        raise SourceError(path, f"not a valid {what} ({type(err).__name__}: {err})") from err
+
+
+def time_from_name(path: str | os.PathLike, pattern: str, fmt: str) -> pd.Timestamp | None:
+    """UTC time encoded in a file name: the first match of ``pattern`` parsed with ``fmt``."""
+    match = re.search(pattern, Path(path).name)
+    if not match:
+        return None
+    try:
+        return pd.Timestamp(pd.to_datetime(match.group(1), format=fmt))
+    except ValueError:
+        return None
+
+
+def centres(first_edge: float, step: float, n: int) -> np.ndarray:
+    """Cell-centre coordinates of ``n`` cells of ``step`` from an outer edge (step < 0: descending)."""
+    return first_edge + step * (np.arange(n) + 0.5)
+
+
+def check_shape(path, array: np.ndarray, shape: Sequence[int], what: str) -> None:
+    """Refuse a decoded field whose shape differs from what its header or product promises."""
+    if tuple(array.shape) != tuple(shape):
+        raise SourceError(path, f"{what}: data shape {tuple(array.shape)} differs from the expected {tuple(shape)}")
+
+
+def zr_relation(zr, documented: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Resolve the ``zr`` option: None (keep dBZ), True/"source", "marshall-palmer" or ``(a, b)``."""
+    if zr is None or zr is False:
+        return None
+    if zr is True or zr == "source":
+        return documented or MARSHALL_PALMER
+    if isinstance(zr, str):
+        if zr.lower().replace("_", "-") in ("marshall-palmer", "mp"):
+            return MARSHALL_PALMER
+        a, b = (float(v) for v in zr.split(","))
+        return a, b
+    a, b = zr
+    return float(a), float(b)
+
+
+def dbz_to_rainrate(dbz: np.ndarray, a: float, b: float, undetect: np.ndarray | None = None) -> np.ndarray:
+    """Rain rate (mm h-1) from reflectivity (dBZ) with Z = a R^b; undetect pixels become 0.
+
+    One line of algebra; pysteps' ``to_rainrate`` needs its metadata dict and
+    does not know which pixels were "undetect".
+    """
+    rate = ((10.0 ** (np.asarray(dbz, dtype="f8") / 10.0)) / a) ** (1.0 / b)
+    if undetect is not None:
+        rate[undetect] = 0.0
+    return rate.astype("f4")
+
+
+def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` × ``factor`` blocks of the last two axes (edges trimmed).
+
+    A block with any no-data (NaN) cell is no-data, as in pysteps'
+    ``aggregate_fields`` used by its MRMS importer.
+    """
+    if factor == 1:
+        return values
+    *lead, ny, nx = values.shape
+    ny, nx = ny - ny % factor, nx - nx % factor
+    blocks = values[..., :ny, :nx].reshape(*lead, ny // factor, factor, nx // factor, factor)
+    return blocks.mean(axis=(-3, -1), dtype="f8").astype(values.dtype)
+
+
+def radar_dataset(
+    path,
+    values: np.ndarray,
+    *,
+    time: pd.Timestamp,
+    x: np.ndarray,
+    y: np.ndarray,
+    crs,
+    quantity: str,
+    source: str,
+    time_step: str,
+    accumulation: pd.Timedelta | None = None,
+    undetect: np.ndarray | None = None,
+    zr=None,
+    documented_zr: tuple[float, float] | None = None,
+    coarsen: int = 1,
+    attrs: dict | None = None,
+) -> xr.Dataset:
+    """One decoded radar field (y, x), north-up, as a one-frame data-model dataset.
+
+    Args:
+        values: float field in ``quantity`` units: ``"rainrate"`` (mm h-1),
+            ``"accumulation"`` (mm over ``accumulation``, converted to mm h-1)
+            or ``"reflectivity"`` (dBZ; converted to mm h-1 with ``zr``).
+            NaN marks no data.
+        undetect: boolean mask of "undetect" cells (0 mm h-1 once a rate).
+        zr: see :func:`zr_relation`; ``documented_zr`` is the source's own.
+        coarsen: block-average factor (1 keeps the native grid).
+    """
+    attrs = dict(attrs or {})
+    for axis, coord in (("x", x), ("y", y)):
+        step = np.diff(np.asarray(coord, dtype="f8"))
+        if step.size and not (np.all(np.isfinite(step)) and np.allclose(step, step[0], rtol=1e-3, atol=0)
+                              and step[0] != 0):
+            raise SourceError(path, f"{axis} coordinates do not form a regular grid")
+    variable = quantity
+    if quantity == "accumulation":
+        if accumulation is None or accumulation <= pd.Timedelta(0):
+            raise SourceError(path, "accumulation product without a positive accumulation period")
+        values = (values * (pd.Timedelta("1h") / accumulation)).astype("f4")
+        variable = "rainrate"
+        attrs["accumulation_period"] = iso_duration(accumulation)
+        attrs["converted_from"] = f"precipitation accumulation (mm) over {iso_duration(accumulation)}"
+    elif quantity == "reflectivity":
+        relation = zr_relation(zr, documented_zr)
+        if relation is not None:
+            values = dbz_to_rainrate(values, *relation, undetect=undetect)
+            variable = "rainrate"
+            attrs["zr_relation"] = f"Z = {relation[0]:g} R^{relation[1]:g}"
+            attrs["converted_from"] = "reflectivity (dBZ)"
+    if undetect is not None and np.any(undetect):
+        if variable == "rainrate":
+            values = np.where(undetect, np.float32(0.0), values)
+        else:
+            attrs["undetect_dbz"] = float(values[undetect].flat[0])
+    values = np.asarray(values, dtype="f4")
+    if coarsen > 1:
+        values = block_mean(values, coarsen)
+        x, y = _coarse_axis(x, coarsen), _coarse_axis(y, coarsen)
+        attrs["coarsened"] = f"{coarsen} x {coarsen} block mean (a block with any no-data cell is no-data)"
+    return frame_dataset(values, time=time, x=x, y=y, crs=crs, variable=variable, source=source,
+                         time_step=time_step, attrs=attrs)
+
+
+def frame_dataset(values: np.ndarray, *, time, x, y, crs, variable: str, source: str, time_step: str,
+                  attrs: dict | None = None) -> xr.Dataset:
+    """:func:`~nowcast.schema.make_dataset` for one (y, x) frame, reusing its grid's coordinates.
+
+    Computing the 2-D lat/lon of a grid (pyproj, every cell) costs more than
+    decoding most files (20 s for FMI's 36 M-cell GeoTIFF), so the coordinates
+    of the last few grids are built once and shared between frames.
+    """
+    wkt = pyproj.CRS.from_user_input(crs).to_wkt()
+    x, y = np.ascontiguousarray(x, dtype="f8"), np.ascontiguousarray(y, dtype="f8")
+    template = _grid_template(wkt, x.tobytes(), y.tobytes(), variable)
+    ds = template.copy(deep=False)
+    ds[variable] = (template[variable].dims, np.asarray(values, dtype="f4")[None], template[variable].attrs)
+    ds = ds.assign_coords(time=("time", pd.DatetimeIndex([time]).values.astype("datetime64[ns]"),
+                                template["time"].attrs))
+    ds.attrs = {**template.attrs, "source": source, "time_step": iso_duration(time_step), **(attrs or {})}
+    return ds
+
+
+@functools.lru_cache(maxsize=4)
+def _grid_template(wkt: str, x: bytes, y: bytes, variable: str) -> xr.Dataset:
+    xs, ys = np.frombuffer(x, dtype="f8"), np.frombuffer(y, dtype="f8")
+    crs = pyproj.CRS.from_wkt(wkt)
+    # On a lat/lon grid whose datum needs no shift to WGS 84, lat/lon are
+    # x/y broadcast: no need for two full float64 meshes (400 MB for MRMS).
+    plain = crs.is_geographic and _is_identity_to_wgs84(crs, xs, ys)
+    gx, gy = (xs[:1], ys[:1]) if plain else (xs, ys)
+    blank = np.broadcast_to(np.float32(np.nan), (1, gy.size, gx.size))
+    with warnings.catch_warnings():
+        # CF's oblique_mercator has no rectified-grid angle; crs_wkt keeps it.
+        warnings.filterwarnings("ignore", "angle from rectified to skew grid", UserWarning)
+        template = make_dataset(blank, times=[pd.Timestamp(0)], x=gx, y=gy, crs=crs, variable=variable,
+                                source="", time_step="PT1M")
+    if not plain:
+        return template
+    shape = (ys.size, xs.size)
+    var = template[variable]
+    coords = {
+        "time": template["time"], "crs": template["crs"],
+        "x": ("x", xs, template["x"].attrs), "y": ("y", ys, template["y"].attrs),
+        "lat": (("y", "x"), np.broadcast_to(ys[:, None], shape), template["lat"].attrs),
+        "lon": (("y", "x"), np.broadcast_to(xs[None, :], shape), template["lon"].attrs),
+    }
+    return xr.Dataset({variable: (var.dims, np.broadcast_to(np.float32(np.nan), (1,) + shape), var.attrs)},
+                      coords=coords, attrs=template.attrs)
+
+
+def _is_identity_to_wgs84(crs: pyproj.CRS, x: np.ndarray, y: np.ndarray) -> bool:
+    to_ll = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    xx, yy = np.meshgrid(x[[0, -1]], y[[0, -1]])
+    lon, lat = to_ll.transform(xx, yy)
+    return bool(np.allclose(lon, xx, atol=1e-9) and np.allclose(lat, yy, atol=1e-9))
+
+
+def _coarse_axis(coord: np.ndarray, factor: int) -> np.ndarray:
+    coord = np.asarray(coord, dtype="f8")
+    n = coord.size - coord.size % factor
+    return coord[:n].reshape(-1, factor).mean(axis=1)
