@@ -1,0 +1,143 @@
+"""Maps and plots, drawn offline: real FMI radar on its own projection, synthetic crowd flows over Beijing."""
+
+from __future__ import annotations
+
+import logging
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pyproj
+import pytest
+import xarray as xr
+from verification_data import fmi_observations, persistence, shifted
+
+from nowcast import maps, plots
+from nowcast.grids import beijing_grid
+from nowcast.products.palette import RAIN_RATE
+from nowcast.schema import crs_of, make_dataset, make_forecast
+from nowcast.verification import score_forecast, scores_table
+
+# Southern Finland: the Gulf of Finland coast, the Russian border and radar range edges.
+SOUTH = (slice(850, 1226), slice(300, 760))
+
+
+@pytest.fixture(scope="module")
+def radar(shared_data):
+    obs = fmi_observations(shared_data, start=12, count=8, window=SOUTH)
+    return obs, {"advected": shifted(obs, 1, 4), "persistence": persistence(obs, 1, 4)}
+
+
+def _rgb(path) -> np.ndarray:
+    image = matplotlib.image.imread(path)
+    return (image[..., :3] * 255).round().astype(int)
+
+
+def _share_of(image: np.ndarray, color: str) -> float:
+    rgb = np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)])
+    return float(np.mean(np.all(np.abs(image - rgb) <= 3, axis=-1)))
+
+
+@pytest.mark.realdata
+def test_forecast_panels_on_the_radar_projection(radar, tmp_path):
+    obs, forecasts = radar
+    projection = maps.map_projection(obs)
+    assert pyproj.CRS(projection.to_wkt()).equals(crs_of(obs))
+    assert maps.natural_earth_available()
+    path = maps.plot_forecast_panels(forecasts, obs, tmp_path / "panels.png", leads_min=(5, 20))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["panels.png"]   # no temporary file left
+    image = _rgb(path)
+    assert image.shape[0] > image.shape[1] * 0.6        # 3 rows x 2 columns of maps and a colour bar
+    assert sum(_share_of(image, c) for c in RAIN_RATE.colors) > 0.02     # rain in the standard scale
+    assert _share_of(image, maps.NO_DATA_COLOR) > 0.005   # outside radar range in grey
+    assert np.mean(np.all(image < 90, axis=-1)) > 0.002   # coastlines, borders, text
+
+
+@pytest.mark.realdata
+def test_contingency_map_colours_hits_misses_and_false_alarms(radar, tmp_path):
+    obs, forecasts = radar
+    path = maps.plot_contingency_map(forecasts, obs, tmp_path / "contingency.png", threshold=1.0, max_leads=2)
+    image = _rgb(path)
+    for category in (maps.HIT, maps.MISS, maps.FALSE_ALARM):
+        assert _share_of(image, maps.CATEGORY_COLORS[category]) > 0.001, maps.CATEGORY_NAMES[category]
+
+
+def test_missing_natural_earth_draws_without_coastlines_and_warns_once(tmp_path, monkeypatch, caplog):
+    import cartopy
+
+    monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", tmp_path / "nothing")
+    monkeypatch.setitem(cartopy.config, "data_dir", tmp_path / "nothing")
+    monkeypatch.setattr(maps, "_warned_no_natural_earth", False)
+    assert not maps.natural_earth_available()
+    obs = flows()
+    with caplog.at_level(logging.WARNING, logger="nowcast.maps"):
+        maps.plot_flow_map(obs, tmp_path / "a.png")   # 3 maps; a download attempt would raise
+        maps.plot_flow_map(obs, tmp_path / "b.png")
+    warnings = [r for r in caplog.records if r.name == "nowcast.maps" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Natural Earth" in warnings[0].getMessage()
+    assert (tmp_path / "b.png").stat().st_size > 10_000
+
+
+def flows(n: int = 6) -> xr.Dataset:
+    grid = beijing_grid(16, 2000.0)
+    rng = np.random.default_rng(3)
+    rows, cols = np.mgrid[0:16, 0:16]
+    centre = 400.0 * np.exp(-((rows - 8) ** 2 + (cols - 7) ** 2) / 20.0)      # busy city centre
+    data = rng.poisson(centre + 5.0, (n, 2, 16, 16)).astype("f4")
+    return make_dataset(data, times=pd.date_range("2015-03-02 07:00", periods=n, freq="30min"), x=grid.x,
+                        y=grid.y, crs=grid.crs, variable="crowd_flow", source="synthetic TaxiBJ-like flows",
+                        time_step="30min")
+
+
+def test_flow_map_and_error_map_for_traffic(tmp_path):
+    obs = flows()
+    flow_png = maps.plot_flow_map(obs, tmp_path / "flow.png", time=obs["time"].values[2])
+    assert _rgb(flow_png).shape[1] > 1000
+    field = obs["crowd_flow"].values[2:5].copy()
+    field[:, 1, 3, 12] += 300.0                  # outflow badly wrong in one cell
+    forecast = make_forecast(field, like=obs, reference_time=obs["time"].values[1], source="tau")
+    error_png = maps.plot_error_map({"tau": forecast}, obs, tmp_path / "error.png")
+    image = _rgb(error_png)
+    darkest = np.array([0, 0, 4])               # magma_r at its maximum: the bad cell
+    assert np.mean(np.all(np.abs(image - darkest) <= 12, axis=-1)) > 0.0005
+
+
+def test_scores_against_lead_time_compare_methods(tmp_path):
+    obs = flows(8)
+    tables = []
+    for name, scale in (("tau", 1.05), ("persistence", 1.0)):
+        data = obs["crowd_flow"].values[2:6] * scale if name == "tau" else np.repeat(
+            obs["crowd_flow"].values[1:2], 4, axis=0)
+        forecast = make_forecast(data, like=obs, reference_time=obs["time"].values[1], source=name)
+        tables.append(scores_table(score_forecast(forecast, obs)))
+    table = pd.concat(tables)
+    path = plots.plot_scores_vs_lead(table, tmp_path / "rmse.png", metric="rmse")
+    assert path.exists()
+    assert plots.is_baseline("persistence") and not plots.is_baseline("tau")
+    with pytest.raises(ValueError, match="no 'csi' scores"):
+        plots.plot_scores_vs_lead(table, tmp_path / "csi.png", metric="csi")
+
+
+@pytest.mark.realdata
+def test_spectra_rank_histograms_and_reliability_plots(radar, tmp_path):
+    obs, _ = radar
+    members = np.stack([obs["rainrate"].values[k:k + 3] for k in range(3)], axis=1)
+    ensemble = make_forecast(members, like=obs, reference_time=obs["time"].values[3], source="lagged",
+                             realization=[0, 1, 2])
+    scores = score_forecast(ensemble, obs, thresholds=(1.0,), fss_scales_km=()).compute()
+    stacked = xr.concat([scores], dim=pd.Index(["lagged"], name="method"))
+    assert plots.plot_power_spectra(stacked, tmp_path / "psd.png").exists()
+    assert plots.plot_rank_histograms(stacked, tmp_path / "rank.png").exists()
+    assert plots.plot_reliability(stacked, tmp_path / "rel.png", threshold=1.0).exists()
+
+
+@pytest.mark.realdata
+def test_animated_loop(radar, tmp_path):
+    from PIL import Image
+
+    obs, forecasts = radar
+    path = maps.animate_forecast(forecasts["advected"], tmp_path / "loop.gif", obs=obs)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4
+    with pytest.raises(ValueError, match="gif or .mp4"):
+        maps.animate_forecast(forecasts["advected"], tmp_path / "loop.avi")
