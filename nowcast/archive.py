@@ -137,7 +137,10 @@ def _append(ds: xr.Dataset, store: Path) -> int:
         if name in current.variables and "time" in current[name].dims and arr.shape[0] != n:
             arr.resize((n,) + arr.shape[1:])
     out = new.drop_vars([v for v in ("lat", "lon", "crs", "x", "y", "flow") if v in new.variables])
-    out.attrs = {}
+    # to_zarr(append_dim=...) replaces the group's attributes before writing
+    # data: hand it the current ones (old commit marker included), or a crash
+    # during the append would leave a store without its marker.
+    out.attrs = dict(group.attrs)
     out.to_zarr(store, append_dim="time", consolidated=False)
     group.attrs[COMMITTED] = n + new.sizes["time"]
     log.info("appended %d frames to %s", new.sizes["time"], store)

@@ -147,7 +147,8 @@ def open_taxibj(
 
     Args:
         holidays: a holiday file (``BJ_Holiday.txt``, ``NY_Holiday.txt``) or
-            dates; those inside the period go to the ``holidays`` attribute.
+            dates (local); all of them go to the ``holidays`` attribute as
+            comma-separated ISO dates.
         grid: georeference of the (H, W) grid, rows north to south; default
             :func:`nowcast.grids.beijing_grid` for TaxiBJ, :func:`nyc_grid`
             for TaxiNYC / BikeNYC.
@@ -162,7 +163,7 @@ def open_taxibj(
     slot, all-zero placeholders lose to non-zero frames, and of several
     non-zero frames the one with the largest total is kept (at TaxiNYC's block
     seams the other is a partial count of the same hour). Counts of what was
-    removed are in the attributes.
+    removed are in the ``cleaning`` attribute.
     """
     import h5py
 
@@ -209,15 +210,21 @@ def open_taxibj(
     grid = grid or _default_grid(city, shape)
     if grid.shape != shape:
         raise SourceError(path, f"grid {grid.shape} does not match the data's {shape}")
+    cleaning = (f"{path.name}: {stats['duplicate_slots']} duplicated slots ({stats['exact_duplicates_dropped']} "
+                f"exact copies and {stats['conflicting_duplicates_dropped']} smaller non-zero frames dropped), "
+                f"{stats.get('empty_frames_dropped', 0)} all-zero frames and "
+                f"{stats['nonexistent_local_slots_dropped']} slots at non-existent local times dropped")
+    log.info(cleaning)
     attrs = {"city_dataset": city.name, "timezone": tz, "time_convention": "start of slot",
-             "channel_meaning": f"file channel 0 = {channels[0]}, 1 = {channels[1]}", **stats}
+             "channel_meaning": f"file channel 0 = {channels[0]}, 1 = {channels[1]}", "cleaning": cleaning}
     if holidays is not None:
-        dates_ = read_holidays(holidays) if isinstance(holidays, (str, Path)) else [pd.Timestamp(d) for d in holidays]
-        inside = sorted({d.date() for d in dates_} & set(local.date))
-        attrs["holidays"] = ",".join(d.isoformat() for d in inside)
+        # The whole list, not only the file's period: an archive keeps the
+        # attributes of its first file, and later years need theirs.
+        listed = read_holidays(holidays) if isinstance(holidays, (str, Path)) else map(pd.Timestamp, holidays)
+        attrs["holidays"] = ",".join(sorted({d.date().isoformat() for d in listed}))
     return make_dataset(
         data.astype("f4"), times=utc, x=grid.x, y=grid.y, crs=grid.crs, variable="crowd_flow",
-        source=f"{city.name} crowd flows ({path.name})", time_step=step, attrs=attrs,
+        source=f"{city.name} crowd flows", time_step=step, attrs=attrs,
     )
 
 

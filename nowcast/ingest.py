@@ -1,0 +1,330 @@
+"""Ingest real files into a nowcast archive: ordered, idempotent, resumable, bounded in memory.
+
+:func:`ingest` reads the files of one source in time order (times come from
+file names or headers, so ordering reads no data), decodes a few at a time on
+a dask thread pool, and appends them to the Zarr archive batch by batch with
+:func:`nowcast.archive.write` (idempotent, atomic commit marker). Memory is
+bounded by two batches of frames, never by the archive.
+
+Bad input never aborts an ingest: a file that is missing, empty, truncated,
+corrupt, on another grid or CRS, or of another variable is reported (file
+name and reason) and skipped; the rest is written. Files whose time is
+already archived are not read again, so re-running is a no-op and an
+interrupted run resumes where the archive's commit marker stopped.
+
+:class:`Ingestor` holds the bookkeeping so that the Prefect flow
+(``flows/ingest.py``) can read files on a Dask cluster and write them here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from nowcast import archive
+from nowcast.grids import Grid
+from nowcast.schema import SchemaError, data_variables, validate
+from nowcast.sources import SourceError, detect, get_reader, get_source
+
+log = logging.getLogger(__name__)
+
+BATCH_BYTES = 64 * 2**20
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: files written, files already archived, files skipped with reasons."""
+
+    source: str
+    archive: Path
+    ingested: list[Path] = field(default_factory=list)
+    unchanged: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    frames_added: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no file was skipped."""
+        return not self.skipped
+
+    def summary(self) -> str:
+        lines = [f"{self.source} -> {self.archive}: {self.frames_added} frames added from "
+                 f"{len(self.ingested)} files, {len(self.unchanged)} already archived, "
+                 f"{len(self.skipped)} skipped"]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def list_files(source: str | None, paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named by ``paths``; folders are searched recursively for the source's file names
+    (any known source when ``source`` is None)."""
+    from nowcast.sources import SOURCES
+
+    wanted = [get_source(source)] if source else [s for s in SOURCES.values() if s.name_pattern]
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and any(s.matches(p) for s in wanted))
+        else:
+            files.append(path)
+    return files
+
+
+class Ingestor:
+    """Bookkeeping of one ingest: plan the files, take decoded datasets in order, write batches.
+
+    Use :meth:`plan`, then :meth:`add` for every planned file in that order
+    (with the dataset or the exception its reader raised), then :meth:`finish`.
+    """
+
+    def __init__(self, source: str | None, store: str | os.PathLike, *, batch_frames: int | None = None,
+                 on_error: str = "skip", options: dict | None = None):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.source = get_source(source).name if source and source != "auto" else None
+        self.store = Path(store)
+        self.on_error = on_error
+        self.options = dict(options or {})
+        self.batch_frames = batch_frames
+        self.report = IngestReport(self.source or "auto", self.store)
+        self._pending: list[tuple[Path, xr.Dataset]] = []
+        self._frames_per_batch: int | None = None
+        self._grid: Grid | None = None
+        self._variable: str | None = None
+        self._have = pd.DatetimeIndex([])
+        if self.store.exists() and not archive.exists(self.store):
+            raise archive.ArchiveError(f"{self.store}: exists but is not a nowcast archive")
+        if archive.exists(self.store):
+            current = archive.open_archive(self.store, validate_model=False)
+            self._grid, self._variable = Grid.of(current), data_variables(current)[0]
+            self._have = pd.DatetimeIndex(current["time"].values)
+        if self.source:
+            check_options(self.source, self.options)
+
+    def skip(self, path: Path, reason: str) -> None:
+        """Record a skipped file (or raise, with ``on_error="raise"``)."""
+        if self.on_error == "raise":
+            raise SourceError(path, reason)
+        log.warning("skipping %s: %s", path, reason)
+        self.report.skipped.append((path, reason))
+
+    def plan(self, paths: Sequence[str | os.PathLike]) -> list[Path | None]:
+        """The files to read, in time order; already archived, unreadable and duplicate-time files are
+        recorded in the report and left out. A generated source plans one read of no file (None)."""
+        if self.source and not get_source(self.source).needs_files:
+            if paths:
+                raise ValueError(f"source {self.source!r} reads no files; got {len(paths)} paths")
+            return [None]
+        files = list_files(self.source, paths)
+        if self.source is None:
+            files = self._choose_source(files)
+        source = get_source(self.source) if self.source else None
+        timed: list[tuple[pd.Timestamp, Path]] = []
+        for path in files:
+            try:
+                if not source.matches(path):
+                    found = detect(path)
+                    if found != source.name:
+                        raise SourceError(path, f"is a {found!r} file, not {source.name!r}")
+                timed.append((source.time_of(path), path))
+            except SourceError as err:
+                self.skip(path, err.reason)
+        timed.sort(key=lambda item: (item[0], str(item[1])))
+        planned: list[Path | None] = []
+        seen: dict[pd.Timestamp, Path] = {}
+        for time, path in timed:
+            if not source.sequence and time in self._have:
+                self.report.unchanged.append(path)
+            elif not source.sequence and time in seen:
+                self.skip(path, f"same valid time {time} as {seen[time].name}")
+            else:
+                seen[time] = path
+                planned.append(path)
+        return planned
+
+    def _choose_source(self, files: list[Path]) -> list[Path]:
+        """Detect every file's source; keep the most common one (the others are skipped)."""
+        detected: dict[Path, str] = {}
+        for path in files:
+            try:
+                detected[path] = detect(path)
+            except SourceError as err:
+                self.skip(path, err.reason)
+        if detected:
+            self.source = Counter(detected.values()).most_common(1)[0][0]
+            self.report.source = self.source
+            check_options(self.source, self.options)
+        return list(detected)
+
+    def read(self, path: Path | None) -> xr.Dataset | BaseException:
+        """Decode one planned file (the exception instead of raising it)."""
+        try:
+            return get_source(self.source).open(path, **self.options)
+        except (SourceError, SchemaError, OSError) as err:
+            return err
+        except Exception as err:  # noqa: BLE001 - a reader bug on one file must not stop the archive
+            if self.on_error == "raise":
+                raise
+            log.exception("reader failed on %s", path)
+            return err
+
+    def add(self, path: Path | None, result: xr.Dataset | BaseException) -> None:
+        """Take the decoded dataset of ``path`` (or its reader's exception); write when a batch is full."""
+        label = path if path is not None else Path(f"<{self.source}>")
+        if isinstance(result, BaseException):
+            reason = result.reason if isinstance(result, SourceError) else f"{type(result).__name__}: {result}"
+            self.skip(label, reason)
+            return
+        try:
+            validate(result, forecast=False)
+        except SchemaError as err:
+            self.skip(label, f"reader output is not the data model ({err})")
+            return
+        problem = self._refuse(result)
+        if problem:
+            self.skip(label, problem)
+            return
+        times = pd.DatetimeIndex(result["time"].values)
+        last = self._last_time()
+        new = ~times.isin(self._have) & ~times.isin(self._pending_times())
+        late = new & (times <= last) if last is not None else np.zeros(times.size, bool)
+        if late.all():
+            self.skip(label, f"{'all its times are' if times.size > 1 else 'its time is'} before the archive's "
+                             f"last time {last} and cannot be inserted; ingest it into a new archive")
+            return
+        if late.any():
+            log.warning("%s: %d frames before the archive's last time %s left out", label, int(late.sum()), last)
+        keep = new & ~late
+        if not keep.any():
+            self.report.unchanged.append(label)
+            return
+        if self._grid is None:
+            self._grid, self._variable = Grid.of(result), data_variables(result)[0]
+        if self._frames_per_batch is None:
+            self._frames_per_batch = 0 if result.sizes["time"] > 1 else self._batch_size(result)
+        self._pending.append((label, result.isel(time=np.flatnonzero(keep))))
+        if self._pending_frames() >= self._batch_size(result):
+            self.flush()
+
+    def _refuse(self, ds: xr.Dataset) -> str | None:
+        """Why ``ds`` cannot go into this archive (grid, CRS or variable), or None."""
+        if self._grid is not None:
+            problem = self._grid.same_as(Grid.of(ds))
+            if problem:
+                return f"{problem} (archive grid); regrid it first (nowcast regrid) or use another archive"
+        variable = data_variables(ds)[0]
+        if self._variable is not None and variable != self._variable:
+            return (f"variable {variable!r} differs from the archive's {self._variable!r}"
+                    + (" (convert reflectivity with the zr option)" if "reflectivity" in (variable, self._variable)
+                       else ""))
+        return None
+
+    def files_per_read(self, workers: int) -> int:
+        """How many files to decode at once: one archive batch of one-frame files, at least ``workers``."""
+        return max(workers, self._frames_per_batch or 1)
+
+    def _batch_size(self, ds: xr.Dataset) -> int:
+        if self.batch_frames:
+            return self.batch_frames
+        frame = 4 * int(np.prod([n for d, n in ds.sizes.items() if d != "time"]))
+        return max(1, BATCH_BYTES // max(frame, 1))
+
+    def _pending_frames(self) -> int:
+        return sum(ds.sizes["time"] for _, ds in self._pending)
+
+    def _pending_times(self) -> pd.DatetimeIndex:
+        if not self._pending:
+            return pd.DatetimeIndex([])
+        return pd.DatetimeIndex(np.concatenate([ds["time"].values for _, ds in self._pending]))
+
+    def _last_time(self) -> pd.Timestamp | None:
+        pending = self._pending_times()
+        candidates = [t.max() for t in (self._have, pending) if len(t)]
+        return max(candidates) if candidates else None
+
+    def flush(self) -> None:
+        """Write the pending frames to the archive (in batches of the batch size)."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        combined = batch[0][1] if len(batch) == 1 else xr.concat(
+            [ds for _, ds in batch], dim="time", data_vars="minimal", coords="minimal", compat="override",
+            join="override", combine_attrs="override")
+        size = self._batch_size(combined)
+        try:
+            for start in range(0, combined.sizes["time"], size):
+                self.report.frames_added += archive.write(combined.isel(time=slice(start, start + size)),
+                                                          self.store)
+        except archive.ArchiveError as err:
+            for label, _ in batch:
+                self.skip(label, str(err))
+            return
+        self._have = self._have.append(pd.DatetimeIndex(combined["time"].values))
+        self.report.ingested += [label for label, _ in batch if label not in self.report.ingested]
+
+    def finish(self) -> IngestReport:
+        """Write what is pending and return the report."""
+        self.flush()
+        log.info(self.report.summary())
+        return self.report
+
+
+def check_options(source: str, options: dict) -> None:
+    """Refuse reader options the source does not take (a usage error, not a bad file)."""
+    params = inspect.signature(get_reader(source)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params) - {"path"})
+    if unknown:
+        takes = ", ".join(n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        raise ValueError(f"source {source!r} takes no option {', '.join(unknown)} (it takes: {takes or 'none'})")
+
+
+def ingest(
+    source: str | None,
+    paths: Sequence[str | os.PathLike],
+    store: str | os.PathLike,
+    *,
+    batch_frames: int | None = None,
+    on_error: str = "skip",
+    workers: int = 2,
+    **options,
+) -> IngestReport:
+    """Ingest files of ``source`` into the archive ``store``; never aborts on a bad file.
+
+    Args:
+        source: a name from :data:`nowcast.sources.SOURCES` (or an alias), or
+            None / ``"auto"`` to detect it from the first file.
+        paths: files and folders (searched recursively for the source's names).
+        store: the Zarr archive (created if absent).
+        batch_frames: frames per archive write (default: ~64 MiB of float32).
+        on_error: ``"skip"`` (report and go on) or ``"raise"``.
+        workers: threads decoding files at once.
+        options: passed to the reader (e.g. ``zr="source"``, ``coarsen=4``,
+            ``holidays=...``).
+
+    Returns:
+        An :class:`IngestReport`.
+    """
+    import dask
+
+    job = Ingestor(source, store, batch_frames=batch_frames, on_error=on_error, options=options)
+    planned = job.plan(paths)
+    position = 0
+    while position < len(planned):
+        chunk = planned[position:position + job.files_per_read(workers)]
+        results = dask.compute(*[dask.delayed(job.read)(p) for p in chunk], scheduler="threads",
+                               num_workers=max(1, workers))
+        for path, result in zip(chunk, results):
+            job.add(path, result)
+        position += len(chunk)
+    return job.finish()
