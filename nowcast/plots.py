@@ -56,7 +56,7 @@ def save_figure(fig: "Figure", path: str | os.PathLike, dpi: int = 110) -> Path:
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
     log.info("wrote %s", path)
@@ -95,29 +95,67 @@ def plot_scores_vs_lead(table: pd.DataFrame, path: str | os.PathLike, *, metric:
         rows = rows[np.isclose(rows["scale_km"], scale_km)]
     if rows.empty:
         raise ValueError(f"no '{metric}' scores" + (f" at threshold {threshold:g}" if threshold is not None else ""))
-    keys = rows[["threshold", "scale_km"]].drop_duplicates().sort_values(["threshold", "scale_km"])
-    fig, axes = _panels(len(keys))
+    return plot_score_grid(rows, path, [metric], units=units,
+                           title=title or f"{METRIC_LABELS.get(metric, metric)} against lead time")
+
+
+def plot_score_grid(table: pd.DataFrame, path: str | os.PathLike, metrics: Sequence[str], *, units: str = "",
+                    title: str = "Scores against lead time") -> Path:
+    """Several scores against lead time in one figure: a row per metric, a column per threshold / FSS window.
+
+    Metrics without thresholds share one row. Metrics absent from ``table``
+    are skipped.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = table[table["metric"].isin(metrics)]
+    if rows.empty:
+        raise ValueError(f"none of {list(metrics)} in the table")
+    keyed = {m: rows[rows["metric"] == m][["threshold", "scale_km"]].drop_duplicates()
+             .sort_values(["threshold", "scale_km"]) for m in metrics if (rows["metric"] == m).any()}
+    n_cols = max(len(keys) for keys in keyed.values())
+    if n_cols == 1:
+        layout = [[(m, keys.iloc[0]) for m, keys in keyed.items()]]
+        n_cols = len(keyed)
+    else:
+        layout = [[(m, key) for _, key in keys.iterrows()] for m, keys in keyed.items()]
+    fig, axes = plt.subplots(len(layout), n_cols, figsize=(4.0 * n_cols, 3.0 * len(layout) + 0.4),
+                             squeeze=False, layout="constrained")
     styles = _styles(rows["method"].unique())
-    for ax, (_, key) in zip(axes, keys.iterrows()):
-        panel = rows[_same(rows["threshold"], key["threshold"]) & _same(rows["scale_km"], key["scale_km"])]
-        for method, style in styles.items():
-            line = panel[panel["method"] == method].sort_values("lead_min")
-            if not line.empty:
-                ax.plot(line["lead_min"], line["value"], label=method, **style)
-        parts = []
-        if not np.isnan(key["threshold"]):
-            parts.append(f">= {key['threshold']:g} {units}".strip())
-        if not np.isnan(key["scale_km"]):
-            parts.append(f"{key['scale_km']:g} km window")
-        ax.set_title(", ".join(parts), fontsize=10)
-        ax.set_xlabel("lead time (min)")
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        ax.grid(alpha=0.3)
-        if metric in ("pod", "far", "csi", "fss", "ssim"):
-            ax.set_ylim(0, 1)
-    axes[-1].legend(fontsize=8, loc="best")
-    fig.suptitle(title or f"{METRIC_LABELS.get(metric, metric)} against lead time")
+    for r, line_up in enumerate(layout):
+        for c in range(n_cols):
+            if c >= len(line_up):
+                axes[r, c].set_axis_off()
+                continue
+            metric, key = line_up[c]
+            _lines(axes[r, c], rows[rows["metric"] == metric], key, metric, styles, units)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8, frameon=False)
+    fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def _lines(ax: "Axes", rows: pd.DataFrame, key: pd.Series, metric: str, styles: dict, units: str) -> None:
+    """One panel: each method's ``metric`` at one threshold / window against lead time."""
+    panel = rows[_same(rows["threshold"], key["threshold"]) & _same(rows["scale_km"], key["scale_km"])]
+    for method, style in styles.items():
+        line = panel[panel["method"] == method].sort_values("lead_min")
+        if not line.empty:
+            ax.plot(line["lead_min"], line["value"], label=method, **style)
+    parts = []
+    if not np.isnan(key["threshold"]):
+        parts.append(f">= {key['threshold']:g} {units}".strip())
+    if not np.isnan(key["scale_km"]):
+        parts.append(f"{key['scale_km']:g} km window")
+    ax.set_title(", ".join(parts), fontsize=9)
+    ax.set_xlabel("lead time (min)")
+    in_units = metric in ("me", "mae", "rmse", "crps") and units not in ("", "1")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric) + (f" ({units})" if in_units else ""))
+    ax.grid(alpha=0.3)
+    if metric in ("pod", "far", "csi", "fss", "ssim"):
+        ax.set_ylim(0, 1)
+    if metric == "bias":
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
 
 
 def _same(column: pd.Series, value: float) -> pd.Series:
