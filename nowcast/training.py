@@ -459,7 +459,9 @@ class _Trainer:
         table = pd.DataFrame(self.history)
         with atomic_path(self.run_dir / "metrics.csv") as tmp:
             table.to_csv(tmp, index=False)
-        write_text_atomic(self.run_dir / "metrics.json", json.dumps(self.history, indent=1))
+        finite = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
+                  for row in self.history]  # strict JSON: no NaN (an empty validation split)
+        write_text_atomic(self.run_dir / "metrics.json", json.dumps(finite, indent=1))
         if self.writer is not None:
             for key, value in self.history[-1].items():
                 if key not in ("epoch", "step", "samples"):
