@@ -176,32 +176,34 @@ def _lead_index(scores: xr.Dataset, lead_min: float | None) -> int:
 
 
 def plot_power_spectra(scores: xr.Dataset, path: str | os.PathLike, *, lead_min: float | None = None) -> Path:
-    """Mean power spectra of each method and of the observations at one lead (default: the longest).
+    """Power spectra at one lead (default: the longest): absolute, and forecast over observed.
 
-    Forecasts that blur lose power at short wavelengths: their curve drops
-    below the observed one on the right of the plot.
+    Forecasts that blur lose power at short wavelengths: their ratio drops
+    below 1 on the right. Each method's ratio uses the observations on its
+    own valid cells (the absolute panel shows the first method's).
     """
     i = _lead_index(scores, lead_min)
     lead = int(scores["forecast_period"].values[i] / np.timedelta64(1, "m"))
-    fig, axes = _panels(1, width=5.5, height=4.0)
-    ax = axes[0]
+    fig, (spectra, ratio) = _panels(2, width=5.0, height=3.8)
     methods = _methods(scores)
     styles = _styles(methods)
     wavelength = scores["wavelength"].values
-    observed = None
     for method in methods:
         one = _by_method(scores, method).isel(forecast_period=i)
         style = {**styles[method], "marker": None}
-        ax.loglog(wavelength, one["psd_forecast"].values, label=method, **style)
-        if observed is None or np.all(np.isnan(observed)):
-            observed = one["psd_observed"].values
-    ax.loglog(wavelength, observed, color="black", linewidth=2.2, label="observed")
-    ax.invert_xaxis()
-    ax.set_xlabel("wavelength (km)")
-    ax.set_ylabel("power spectral density")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    ax.set_title(f"Radially averaged power spectra at +{lead} min")
+        spectra.loglog(wavelength, one["psd_forecast"].values, label=method, **style)
+        ratio.semilogx(wavelength, (one["psd_forecast"] / one["psd_observed"]).values, label=method, **style)
+    first = _by_method(scores, methods[0]).isel(forecast_period=i)
+    spectra.loglog(wavelength, first["psd_observed"].values, color="black", linewidth=2.2, label="observed")
+    ratio.axhline(1.0, color="black", linewidth=1.2, linestyle=":")
+    spectra.set_ylabel("power spectral density")
+    ratio.set_ylabel("forecast / observed power")
+    for ax in (spectra, ratio):
+        ax.invert_xaxis()
+        ax.set_xlabel("wavelength (km)")
+        ax.grid(alpha=0.3, which="both")
+    spectra.legend(fontsize=8)
+    fig.suptitle(f"Radially averaged power spectra at +{lead} min")
     return save_figure(fig, path)
 
 

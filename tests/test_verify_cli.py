@@ -96,12 +96,16 @@ def _text(result) -> str:
     return " ".join(result.output.split())
 
 
-def test_verify_flow(case, tmp_path, prefect_harness):
+def test_verify_flow_on_a_dask_scheduler(case, tmp_path, prefect_harness):
+    from distributed import LocalCluster
+
     from flows.verify import verify_flow
 
     root, store, files, _ = case
-    outputs = verify_flow([str(f) for f in files[:2]], str(store), str(tmp_path / "flow"), thresholds=[1.0],
-                          animate=False)
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster:
+        outputs = verify_flow([str(f) for f in files[:2]], str(store), str(tmp_path / "flow"),
+                              dask_address=cluster.scheduler_address, thresholds=[1.0], animate=False)
+        assert cluster.scheduler.task_prefixes     # the archive reads and scores ran on the scheduler
     assert sorted(outputs["methods"]) == ["persistence", "stlight-tiny"]
     table = pd.read_csv(outputs["scores_csv"])
     assert set(table[table.metric == "csi"]["threshold"]) == {1.0}
