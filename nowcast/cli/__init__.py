@@ -19,6 +19,18 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+
+
+def console():
+    """A rich console; when output is not a terminal (logs, CI) tables are 120 columns, not 80."""
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)
+    return out
+
+
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 

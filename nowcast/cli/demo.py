@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from nowcast.cli import app
+from nowcast.cli import app, console
 
 
 @app.command()
@@ -21,18 +21,17 @@ def demo(
     """Synthetic radar → Zarr archive → deep-model and classic nowcasts → CF-NetCDF, GeoTIFF, scores and maps."""
     import time
 
-    from rich.console import Console
     from rich.table import Table
 
     from nowcast.demo import DemoConfig, run_demo
 
-    console = Console()
+    term = console()
     cfg = DemoConfig(size=size, models=tuple(m for m in models.split(",") if m), epochs=epochs,
                      steps_per_epoch=steps_per_epoch, seed=seed)
     start = time.perf_counter()
-    with console.status("starting") as status:
+    with term.status("starting") as status:
         def on_step(name: str) -> None:
-            console.log(f"[bold]{name}")
+            term.log(f"[bold]{name}")
             status.update(name)
 
         result = run_demo(out, cfg, on_step=on_step, progress=False)
@@ -42,11 +41,11 @@ def demo(
         table.add_column(column, justify="right")
     for method, row in result.summary.iterrows():
         table.add_row(method, *(f"{v:.3f}" for v in row.values))
-    console.print(table)
-    console.print(f"archive      {result.archive}")
+    term.print(table)
+    term.print(f"archive      {result.archive}")
     for name, path in result.forecasts.items():
-        console.print(f"forecast     {path}  ({name})")
-    console.print(f"geotiffs     {len(result.geotiffs)} files under {out / 'geotiff'}")
-    console.print(f"scores       {result.scores_csv}, {result.scores_json}")
+        term.print(f"forecast     {path}  ({name})")
+    term.print(f"geotiffs     {len(result.geotiffs)} files under {out / 'geotiff'}")
+    term.print(f"scores       {result.scores_csv}, {result.scores_json}")
     for path in result.maps:
-        console.print(f"map          {path}")
+        term.print(f"map          {path}")

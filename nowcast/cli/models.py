@@ -1,0 +1,29 @@
+"""``nowcast models``: the model presets with their sizes and paper training defaults."""
+
+from __future__ import annotations
+
+import typer
+
+from nowcast.cli import app, console
+
+
+@app.command()
+def models(family: str = typer.Option(None, help="Only this family: tau, stlight or mslstm.")) -> None:
+    """List model presets: frames in → out, input size, parameters (ours vs published), training defaults."""
+    from rich.table import Table
+
+    from nowcast.models import list_presets
+
+    table = Table(title="Model presets")
+    for column in ("preset", "in→out", "C×H×W", "parameters", "published", "optimiser / schedule"):
+        table.add_column(column, justify="right" if column in ("parameters", "published") else "left",
+                         no_wrap=True)
+    for info in list_presets():
+        if family and info.family != family:
+            continue
+        train = info.training
+        table.add_row(
+            info.name, f"{info.t_in}→{info.t_out}", f"{info.channels}×{info.height}×{info.width}",
+            f"{info.parameters:,}", f"{info.published_parameters:,}" if info.published_parameters else "—",
+            f"{train.optimizer} lr {train.lr:g}, {train.schedule}, {train.epochs} ep" if train else "—")
+    console().print(table)
