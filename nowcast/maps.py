@@ -301,7 +301,8 @@ def plot_error_map(forecasts: Forecasts, obs: xr.Dataset, path: str | os.PathLik
                    cases: Mapping[str, Sequence[xr.Dataset]] | None = None) -> Path:
     """Per-cell error (``rmse``, ``mae`` or ``me``) pooled over lead times (and cases), a column per method.
 
-    Shows where the error concentrates; crowd flows get one row per channel. ``cases`` (``{method: [forecasts]}``) pools several issue times
+    Shows where the error concentrates; crowd flows get one row per channel.
+    ``cases`` (``{method: [forecasts]}``) pools several issue times
     per method instead of the single ``forecasts``.
     """
     import matplotlib.pyplot as plt
@@ -332,7 +333,8 @@ def plot_error_map(forecasts: Forecasts, obs: xr.Dataset, path: str | os.PathLik
                 _row_label(axes[r, 0], flow)
         axes[0, c].set_title(name, fontsize=10)
     units = next(iter(maps.values())).attrs.get("units", "")
-    _colorbar(fig, image, axes, f"{metric.upper()} per cell ({units if units not in ('', '1') else 'count'})", extend="both" if metric == "me" else "max")
+    label = f"{metric.upper()} per cell ({units if units not in ('', '1') else 'count'})"
+    _colorbar(fig, image, axes, label, extend="both" if metric == "me" else "max")
     _no_data_legend(fig, missing=any(bool(np.isnan(m.values).any()) for m in maps.values()))
     fig.suptitle(f"Where the {metric.upper()} concentrates (all lead times)")
     return save_figure(fig, path)

@@ -170,7 +170,8 @@ def write_scores(scores: xr.Dataset, out_dir: str | os.PathLike) -> tuple[pd.Dat
 
 
 def write_report(scores: xr.Dataset, table: pd.DataFrame, cases: Sequence[Case], obs: xr.Dataset,
-                 out_dir: str | os.PathLike, *, obs_label: str = "observations", animate: bool = True) -> tuple[Path, list[Path]]:
+                 out_dir: str | os.PathLike, *, obs_label: str = "observations",
+                 animate: bool = True) -> tuple[Path, list[Path]]:
     """Figures under ``out_dir/figures`` and ``out_dir/report.md`` that embeds them by relative path.
 
     Maps show one issue time (the latest shared by most methods): forecast
@@ -260,6 +261,7 @@ def _markdown(scores: xr.Dataset, table: pd.DataFrame, cases: Sequence[Case], ob
               sections, out: Path) -> str:
     variable = str(scores.attrs.get("variable", data_variables(obs)[0]))
     units = str(scores.attrs.get("units", ""))
+    units = units if units not in ("", "1") else "counts"
     times = pd.DatetimeIndex(obs["time"].values)
     lines = [
         "# Verification report", "",
@@ -277,9 +279,10 @@ def _markdown(scores: xr.Dataset, table: pd.DataFrame, cases: Sequence[Case], ob
                      f"{issued[0]:%Y-%m-%d %H:%M}" + (f" .. {issued[-1]:%Y-%m-%d %H:%M}" if len(issued) > 1 else ""),
                      f"{leads.min():g}..{leads.max():g} min" if len(leads) else "-"])
     lines += _md_table(["method", "kind", "cases", "issued (UTC)", "lead times"], rows) + [""]
-    thresholds = ", ".join(f"{t:g}" for t in scores["threshold"].values) if "threshold" in scores.coords else "none"
+    thresholds = (", ".join(f"{t:g}" for t in scores["threshold"].values) + f" {units}"
+                  if "threshold" in scores.coords else "none")
     windows = ", ".join(f"{s:g} km" for s in scores["scale"].values) if "scale" in scores.coords else "none"
-    lines += [f"Event thresholds: {thresholds} {units}; FSS windows: {windows}. "
+    lines += [f"Event thresholds: {thresholds}; FSS windows: {windows}. "
               "Scores pool all cases of a method per lead time. Full table: [scores.csv](scores.csv); "
               "scores, curves and the sums behind them: [scores.nc](scores.nc).", ""]
     lines += ["## Summary", ""] + _summary(table) + [""]
