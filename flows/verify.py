@@ -1,8 +1,8 @@
 """Verification flow: forecast files + observation archive → scores table, NetCDF and report.
 
 ``python -m flows.verify FORECAST.nc... --obs ARCHIVE --out DIR [--dask ADDRESS]``.
-One task per forecast file computes its (small) score sums, retried on
-transient read errors; one task aggregates them by method and lead time and
+One task per forecast file (two at a time) computes its (small) score sums,
+retried on transient read errors; one task aggregates them by method and lead time and
 writes ``scores.csv``, ``scores.nc``, the figures and ``report.md`` (see
 :mod:`nowcast.verification.report`). With ``dask_address`` the array work
 (archive reads, scores) runs on that Dask scheduler.
@@ -17,6 +17,7 @@ import nowcast  # noqa: F401  (offline defaults before prefect is imported)
 from nowcast.verification import report
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -38,7 +39,8 @@ def write_outputs(cases: list[report.Case], obs_archive: str, out_dir: str, anim
             "figures": [str(f) for f in figures], "methods": [str(m) for m in scores["method"].values]}
 
 
-@flow(name="nowcast-verify")
+# Two files scored at a time: each holds one forecast and its observed frames in memory.
+@flow(name="nowcast-verify", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def verify_flow(forecasts: list[str], obs_archive: str, out_dir: str, dask_address: str | None = None,
                 thresholds: list[float] | None = None, fss_scales_km: list[float] | None = None,
                 data_range: float | None = None, openstl: bool = False, animate: bool = True) -> dict:
@@ -49,8 +51,8 @@ def verify_flow(forecasts: list[str], obs_archive: str, out_dir: str, dask_addre
         fss_scales_km=report.DEFAULT_FSS_SCALES_KM if fss_scales_km is None else tuple(fss_scales_km),
         data_range=data_range, openstl=openstl)
     with _dask(dask_address):
-        cases = [score_case(path, obs_archive, options) for path in forecasts]
-        outputs = write_outputs(cases, obs_archive, out_dir, animate)
+        futures = [score_case.submit(path, obs_archive, options) for path in forecasts]
+        outputs = write_outputs([future.result() for future in futures], obs_archive, out_dir, animate)
     logger.info("verified %d forecast(s) of %s: %s", len(forecasts), ", ".join(outputs["methods"]),
                 outputs["report"])
     return outputs

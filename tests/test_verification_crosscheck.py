@@ -113,7 +113,8 @@ def test_power_spectrum_matches_pysteps(obs):
 
 
 def test_ssim_and_psnr_match_scikit_image(obs):
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    metrics = pytest.importorskip("skimage.metrics", reason="scikit-image (dev extra) is the SSIM/PSNR reference")
+    peak_signal_noise_ratio, structural_similarity = metrics.peak_signal_noise_ratio, metrics.structural_similarity
 
     crop = obs.isel(y=FULL_COVER[0], x=FULL_COVER[1])
     forecast = persistence(crop, issue=1, n_leads=2)
