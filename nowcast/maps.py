@@ -126,7 +126,8 @@ def _draw(ax, ds: xr.Dataset, values: np.ndarray, projection, *, cmap, **style):
     """One field on one map in its own CRS (grey where NaN: outside radar range), then geography.
 
     ``imshow`` rather than ``pcolormesh``: the grid is regular and in the
-    map's CRS, so no reprojection is needed and large composites draw fast.
+    map's CRS, so nothing is reprojected (a 1226 x 760 composite draws 4x
+    faster, ``bench/verification.py``).
     """
     left, bottom, right, top = Grid.of(ds).bounds
     ax.set_extent((left, right, bottom, top), crs=projection)

@@ -117,10 +117,10 @@ def rapsd(fields: np.ndarray, resolution_km: float = 1.0) -> tuple[np.ndarray, n
     Same normalisation and rings as :func:`pysteps.utils.spectral.rapsd`
     (``|FFT|² / size``, rings one wavenumber step wide, DC ring dropped) and
     identical to it on square fields. Written here because pysteps' version
-    loops over rings with a full-field mask each (too slow for 1000 x 1000
-    composites times many leads) and measures rings in index units, which
-    mixes wavelengths on non-square grids; here rings are in physical
-    wavenumber and one ``bincount`` per field does the averaging.
+    measures rings in index units, which mixes wavelengths on non-square
+    grids, and builds a full-field mask per ring; here rings are in physical
+    wavenumber and one ``bincount`` per field does the averaging (2.4x
+    faster on 760 x 760 fields, ``bench/verification.py``).
 
     Returns:
         ``(psd, wavelength_km)``: ``psd`` shaped (..., n_rings) and the ring
