@@ -69,7 +69,7 @@ def ingest_flow(source: str, paths: list[str], archive: str, dask_address: str |
     position = 0
     with dask_task_runner(dask_address, n_workers) as runner:
         while position < len(planned):
-            chunk = planned[position:position + job.files_per_read(n_workers)]
+            chunk = planned[position:position + max(n_workers, job.files_per_read())]
             futures = runner.map(read_file, {"source": unmapped(job.source), "options": unmapped(job.options),
                                              "path": [None if p is None else str(p) for p in chunk]})
             for path, future in zip(chunk, futures):

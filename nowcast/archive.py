@@ -92,7 +92,8 @@ def write(ds: xr.Dataset, store: str | os.PathLike) -> int:
     """
     validate(ds, forecast=False)
     store = Path(store)
-    ds = ds.sortby("time")
+    if not ds.indexes["time"].is_monotonic_increasing:  # sortby copies every frame
+        ds = ds.sortby("time")
     if not exists(store):
         if store.exists():
             raise ArchiveError(f"{store}: exists but is not a nowcast archive; refusing to overwrite")
@@ -124,7 +125,8 @@ def _append(ds: xr.Dataset, store: Path) -> int:
         raise ArchiveError(f"{store}: variables {data_variables(ds)} differ from the archive's "
                            f"{data_variables(current)}")
     have = pd.DatetimeIndex(current["time"].values)
-    new = ds.sel(time=~pd.DatetimeIndex(ds["time"].values).isin(have))
+    archived = pd.DatetimeIndex(ds["time"].values).isin(have)
+    new = ds.sel(time=~archived) if archived.any() else ds  # sel copies every frame
     if new.sizes["time"] == 0:
         return 0
     first_new = pd.Timestamp(new["time"].values[0])

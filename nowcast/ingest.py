@@ -3,8 +3,9 @@
 :func:`ingest` reads the files of one source in time order (times come from
 file names or headers, so ordering reads no data), decodes a few at a time on
 a dask thread pool, and appends them to the Zarr archive batch by batch with
-:func:`nowcast.archive.write` (idempotent, atomic commit marker). Memory is
-bounded by two batches of frames, never by the archive.
+:func:`nowcast.archive.write` (idempotent, atomic commit marker). A batch is
+about 64 MiB of frames (one frame when a frame is larger), so memory is
+bounded by a couple of batches and the decoding of one, never by the archive.
 
 Bad input never aborts an ingest: a file that is missing, empty, truncated,
 corrupt, on another grid or CRS, or of another variable is reported (file
@@ -211,7 +212,7 @@ class Ingestor:
             self._grid, self._variable = Grid.of(result), data_variables(result)[0]
         if self._frames_per_batch is None:
             self._frames_per_batch = 0 if result.sizes["time"] > 1 else self._batch_size(result)
-        self._pending.append((label, result.isel(time=np.flatnonzero(keep))))
+        self._pending.append((label, result if keep.all() else result.isel(time=np.flatnonzero(keep))))
         if self._pending_frames() >= self._batch_size(result):
             self.flush()
 
@@ -228,9 +229,11 @@ class Ingestor:
                        else ""))
         return None
 
-    def files_per_read(self, workers: int) -> int:
-        """How many files to decode at once: one archive batch of one-frame files, at least ``workers``."""
-        return max(workers, self._frames_per_batch or 1)
+    def files_per_read(self) -> int:
+        """How many files to decode before adding them: one archive batch of one-frame files (so
+        frames larger than a batch are decoded one at a time); one file to learn the frame size,
+        and one sequence file at a time."""
+        return self._frames_per_batch or 1
 
     def _batch_size(self, ds: xr.Dataset) -> int:
         if self.batch_frames:
@@ -308,7 +311,7 @@ def ingest(
         store: the Zarr archive (created if absent).
         batch_frames: frames per archive write (default: ~64 MiB of float32).
         on_error: ``"skip"`` (report and go on) or ``"raise"``.
-        workers: threads decoding files at once.
+        workers: threads decoding the files of one batch at once.
         options: passed to the reader (e.g. ``zr="source"``, ``coarsen=4``,
             ``holidays=...``).
 
@@ -321,9 +324,9 @@ def ingest(
     planned = job.plan(paths)
     position = 0
     while position < len(planned):
-        chunk = planned[position:position + job.files_per_read(workers)]
+        chunk = planned[position:position + job.files_per_read()]
         results = dask.compute(*[dask.delayed(job.read)(p) for p in chunk], scheduler="threads",
-                               num_workers=max(1, workers))
+                               num_workers=max(1, min(workers, len(chunk))))
         for path, result in zip(chunk, results):
             job.add(path, result)
         position += len(chunk)
