@@ -111,11 +111,11 @@ def verify(forecasts: dict[str, xr.Dataset], store: Path, out_dir: Path,
     from nowcast import archive
     from nowcast.maps import plot_forecast_panels, plot_scores_vs_lead
     from nowcast.products.atomic import atomic_path
-    from nowcast.verification import score_forecast, scores_table
+    from nowcast.verification import common_support, score_forecast, scores_table
 
     obs = archive.open_archive(store)
     table = pd.concat([scores_table(score_forecast(fc, obs, thresholds=cfg.thresholds), method=name)
-                       for name, fc in forecasts.items()], ignore_index=True)
+                       for name, fc in common_support(forecasts).items()], ignore_index=True)
     csv, js = out_dir / "scores.csv", out_dir / "scores.json"
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)

@@ -193,3 +193,18 @@ def test_scores_table_is_tidy():
     assert len(table[table.metric == "fss"]) == 2 * 2 * 3
     assert table[table.metric == "rmse"]["threshold"].isna().all()
     assert {"pod", "far", "ets", "hss", "bias", "me", "mae", "corr"} <= set(table["metric"])
+
+
+def test_common_support_scores_every_method_on_the_same_cells():
+    from nowcast.baselines import lagrangian_extrapolation, persistence
+    from nowcast.synthetic import synthetic_radar
+    from nowcast.verification import common_support
+
+    obs = synthetic_radar(12, size=48, seed=3)
+    at = obs["time"].values[5]
+    cases = {"lagrangian": lagrangian_extrapolation(obs, 4, at=at), "persistence": persistence(obs, 4, at=at)}
+    assert cases["lagrangian"]["rainrate"].isnull().any() and not cases["persistence"]["rainrate"].isnull().any()
+    masked = common_support(cases)
+    nan = {name: fc["rainrate"].isnull().values for name, fc in masked.items()}
+    np.testing.assert_array_equal(nan["lagrangian"], nan["persistence"])
+    np.testing.assert_array_equal(nan["lagrangian"], cases["lagrangian"]["rainrate"].isnull().values)

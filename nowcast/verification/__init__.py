@@ -11,7 +11,7 @@ tidy table and ``report`` writes tables, plots and a report for many
 forecasts.
 """
 
-from nowcast.verification.align import LEAD, VerificationError, align
+from nowcast.verification.align import LEAD, VerificationError, align, common_support
 from nowcast.verification.categorical import categorical_scores, contingency_categories, contingency_table
 from nowcast.verification.continuous import continuous_scores, error_sums
 from nowcast.verification.images import ssim
@@ -24,7 +24,7 @@ from nowcast.verification.spatial import fss_scores, fss_sums, rapsd, scale_cell
 from nowcast.verification.table import scores_table
 
 __all__ = [
-    "LEAD", "VerificationError", "align",
+    "LEAD", "VerificationError", "align", "common_support",
     "contingency_table", "categorical_scores", "contingency_categories",
     "error_sums", "continuous_scores", "ssim",
     "crps_sums", "rank_histogram_sums", "reliability_sums", "probabilistic_scores",

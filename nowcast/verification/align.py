@@ -107,3 +107,32 @@ def spatial_whole(da: xr.DataArray) -> xr.DataArray:
     if da.chunks is None:
         return da
     return da.chunk({"y": -1, "x": -1})
+
+
+def common_support(forecasts: dict[str, xr.Dataset], variable: str | None = None) -> dict[str, xr.Dataset]:
+    """The forecasts of one case masked to the cells every method forecasts.
+
+    Lagrangian extrapolation has no value where rain would enter from outside
+    the domain; a model that forecasts everywhere would otherwise be scored on
+    more (and easier or harder) cells. Masking all methods to the cells and
+    valid times they share makes their scores comparable case by case.
+
+    Raises:
+        VerificationError: the forecasts do not share valid times.
+    """
+    if not forecasts:
+        return {}
+    first = next(iter(forecasts.values()))
+    variable = variable or data_variables(first)[0]
+    times = first["time"].values
+    for name, fc in forecasts.items():
+        if not np.array_equal(fc["time"].values, times):
+            raise VerificationError(f"{name}: valid times differ from those of the other forecasts of the case")
+    shared = None
+    for fc in forecasts.values():
+        ok = fc[variable].notnull()
+        if REALIZATION in ok.dims:
+            ok = ok.all(REALIZATION)
+        ok = ok.drop_vars([c for c in ok.coords if c not in ok.dims])
+        shared = ok if shared is None else shared & ok
+    return {name: fc.assign({variable: fc[variable].where(shared)}) for name, fc in forecasts.items()}
