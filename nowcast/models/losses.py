@@ -1,0 +1,45 @@
+"""Training losses of the papers; all take ``pred, target: [B, T, C, H, W]`` and return a scalar.
+
+They compute in float32 whatever the input dtype (safe under autocast).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all elements (STLight)."""
+    return F.mse_loss(pred.float(), target.float())
+
+
+def differential_divergence(pred: torch.Tensor, target: torch.Tensor,
+                            tau: float = 0.1) -> torch.Tensor:
+    """TAU's differential divergence regularisation (DDR).
+
+    Forward frame differences ``[B, T-1, C·H·W]`` become distributions by a
+    softmax at temperature ``tau``; returns KL(pred ‖ target) averaged over
+    all elements. Zero when ``T < 2``.
+    """
+    b, t = pred.shape[:2]
+    if t < 2:
+        return pred.new_zeros((), dtype=torch.float32)
+    dp = (pred[:, 1:] - pred[:, :-1]).float().reshape(b, t - 1, -1) / tau
+    dt = (target[:, 1:] - target[:, :-1]).float().reshape(b, t - 1, -1) / tau
+    log_p = F.log_softmax(dp, dim=-1)
+    log_q = F.log_softmax(dt, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).mean()
+
+
+def tau_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.1,
+             tau: float = 0.1) -> torch.Tensor:
+    """MSE + ``alpha`` · DDR (TAU)."""
+    return mse(pred, target) + alpha * differential_divergence(pred, target, tau)
+
+
+def l1_l2_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per frame, the summed absolute plus summed squared error over C, H, W; mean over B, T (MS-LSTM)."""
+    err = pred.float() - target.float()
+    per_frame = err.abs().sum(dim=(2, 3, 4)) + err.square().sum(dim=(2, 3, 4))
+    return per_frame.mean()
