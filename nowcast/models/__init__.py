@@ -1,0 +1,38 @@
+"""Deep nowcasting networks: plain ``torch.nn.Module``s on ``[B, T, C, H, W]`` tensors.
+
+Three families (TAU, STLight, MS-LSTM), named presets and the paper losses::
+
+    model = build("tau-radar")            # or build("tau", t_in=12, t_out=12, ...)
+    y = model(x)                          # [B, 12, 1, 128, 128] -> [B, 12, 1, 128, 128]
+    loss = paper_loss(model)(y, target)
+    clone = build(model.preset or model.family, **model.config)
+
+All share ``forward(x, t_out=None, *, target=None, sampling_ratio=0.0)``;
+only MS-LSTM uses ``target``/``sampling_ratio`` (scheduled sampling, see
+:func:`scheduled_sampling_ratio`).
+"""
+
+from .base import DirectModel, SequenceModel
+from .losses import differential_divergence, l1_l2_per_frame, mse, tau_loss
+from .mslstm import MSLSTM, MKLSTMCell, scheduled_sampling_ratio
+from .registry import (
+    FAMILIES,
+    PRESETS,
+    Preset,
+    PresetInfo,
+    TrainingDefaults,
+    build,
+    family_of,
+    list_presets,
+    paper_loss,
+    parameter_count,
+)
+from .stlight import STLight, STLMixer
+from .tau import TAU, TAUBlock
+
+__all__ = [
+    "FAMILIES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
+    "STLight", "SequenceModel", "DirectModel", "TAU", "TAUBlock", "TrainingDefaults", "build",
+    "differential_divergence", "family_of", "l1_l2_per_frame", "list_presets", "mse",
+    "paper_loss", "parameter_count", "scheduled_sampling_ratio", "tau_loss",
+]
