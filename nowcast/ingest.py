@@ -35,6 +35,7 @@ from nowcast import archive
 from nowcast.grids import Grid
 from nowcast.schema import SchemaError, data_variables, validate
 from nowcast.sources import SourceError, detect, get_reader, get_source
+from nowcast.sources.common import zr_relation
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,11 @@ def check_options(source: str, options: dict) -> None:
     if unknown:
         takes = ", ".join(n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
         raise ValueError(f"source {source!r} takes no option {', '.join(unknown)} (it takes: {takes or 'none'})")
+    if options.get("zr") is not None:
+        try:
+            zr_relation(options["zr"], None)
+        except (TypeError, ValueError):
+            raise ValueError(f"zr must be 'source', 'marshall-palmer' or 'a,b', got {options['zr']!r}") from None
 
 
 def ingest(

@@ -9,7 +9,7 @@ import re
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import dask.array
 import numpy as np
@@ -47,15 +47,19 @@ def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
         raise SourceError(path, f"not a valid {what} ({type(err).__name__}: {err})") from err
 
 
-def time_from_name(path: str | os.PathLike, pattern: str, fmt: str) -> pd.Timestamp | None:
-    """UTC time encoded in a file name: the first match of ``pattern`` parsed with ``fmt``."""
-    match = re.search(pattern, Path(path).name)
-    if not match:
-        return None
-    try:
-        return pd.Timestamp(pd.to_datetime(match.group(1), format=fmt))
-    except ValueError:
-        return None
+def file_time(path: str | os.PathLike, pattern: str, fmt: str, what: str,
+              from_header: Callable[[Path], object]) -> pd.Timestamp:
+    """A file's UTC time, cheaply: the first group of ``pattern`` in its name parsed with ``fmt``,
+    else ``from_header(path)`` (reads the header only; failures become :class:`SourceError`)."""
+    path = Path(path)
+    match = re.search(pattern, path.name)
+    if match:
+        try:
+            return pd.Timestamp(pd.to_datetime(match.group(1), format=fmt))
+        except ValueError:
+            pass
+    with reading(path, what):
+        return pd.Timestamp(from_header(path))
 
 
 def centres(first_edge: float, step: float, n: int) -> np.ndarray:

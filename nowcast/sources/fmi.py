@@ -16,10 +16,11 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.sources import SourceError
-from nowcast.sources.common import centres, radar_dataset, reading, time_from_name
+from nowcast.sources.common import centres, file_time, radar_dataset, reading
 
 FMI_ZR = (223.0, 1.53)
 INSTITUTION = "Finnish Meteorological Institute"
+HEADER_BYTES = 16384
 _NAME_TIME = r"^(\d{12})_"
 
 
@@ -34,28 +35,25 @@ def _pgm_header(path: Path) -> tuple[dict[str, list[str]], dict[str, tuple[float
     header: dict[str, list[str]] = {}
     sites: dict[str, tuple[float, float]] = {}
     with opener(path, "rb") as fh:
-        magic = fh.readline().strip()
-        if magic != b"P5":
-            raise SourceError(path, f"not a binary PGM (magic {magic[:8]!r}, expected b'P5')")
-        for line in fh:
-            if not line.startswith(b"#"):
-                break
-            key, *values = line[1:].decode("ascii", "replace").split() or [""]
-            if key == "radar" and len(values) == 4:
-                sites[values[0]] = (float(values[2]), float(values[3]))
-            elif key and values:
-                header.setdefault(key, values)
+        head = fh.read(HEADER_BYTES)  # the comment block is ~1 KB; line-by-line gzip reads are slow
+    magic, *lines = head.split(b"\n")
+    if magic.strip() != b"P5":
+        raise SourceError(path, f"not a binary PGM (magic {magic[:8]!r}, expected b'P5')")
+    for line in lines:
+        if not line.startswith(b"#"):
+            break
+        key, *values = line[1:].decode("ascii", "replace").split() or [""]
+        if key == "radar" and len(values) == 4:
+            sites[values[0]] = (float(values[2]), float(values[3]))
+        elif key and values:
+            header.setdefault(key, values)
     return header, sites
 
 
 def pgm_time(path) -> pd.Timestamp:
     """Observation time (UTC) of an FMI PGM file, from its name or its header."""
-    path = Path(path)
-    found = time_from_name(path, _NAME_TIME, "%Y%m%d%H%M")
-    if found is not None:
-        return found
-    with reading(path, "FMI PGM file"):
-        return pd.Timestamp(pd.to_datetime(_pgm_header(path)[0]["obstime"][0], format="%Y%m%d%H%M"))
+    return file_time(path, _NAME_TIME, "%Y%m%d%H%M", "FMI PGM file",
+                     lambda p: pd.to_datetime(_pgm_header(p)[0]["obstime"][0], format="%Y%m%d%H%M"))
 
 
 def open_fmi_pgm(path, *, zr=None, coarsen: int = 1) -> xr.Dataset:
@@ -109,14 +107,14 @@ def _geotiff_items(tags: dict) -> dict[str, str]:
 
 def geotiff_time(path) -> pd.Timestamp:
     """Observation time (UTC) of an FMI GeoTIFF, from its name or its metadata."""
-    path = Path(path)
-    found = time_from_name(path, _NAME_TIME, "%Y%m%d%H%M")
-    if found is not None:
-        return found
+    return file_time(path, _NAME_TIME, "%Y%m%d%H%M", "FMI GeoTIFF", _geotiff_header_time)
+
+
+def _geotiff_header_time(path: Path) -> pd.Timestamp:
     import rasterio
 
-    with reading(path, "FMI GeoTIFF"), rasterio.open(path) as src:
-        return pd.Timestamp(pd.to_datetime(_geotiff_items(src.tags())["Observation time"], format="%Y%m%d%H%M"))
+    with rasterio.open(path) as src:
+        return pd.to_datetime(_geotiff_items(src.tags())["Observation time"], format="%Y%m%d%H%M")
 
 
 def open_fmi_geotiff(path, *, zr=None, coarsen: int = 1) -> xr.Dataset:

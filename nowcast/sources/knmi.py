@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.sources import SourceError
-from nowcast.sources.common import centres, radar_dataset, reading, time_from_name
+from nowcast.sources.common import centres, file_time, radar_dataset, reading
 
 INSTITUTION = "KNMI - Royal Netherlands Meteorological Institute"
 _CALIBRATION = re.compile(r"GEO\s*=\s*([-+\d.eE]+)\s*\*\s*PV\s*(?:([-+])\s*([\d.eE+-]+))?")
@@ -40,13 +40,13 @@ def _product_time(text: str) -> pd.Timestamp:
 
 def knmi_time(path) -> pd.Timestamp:
     """End of the accumulation (UTC), from the file name or the ``overview`` group."""
-    path = Path(path)
-    found = time_from_name(path, r"_(\d{12})\.h5$", "%Y%m%d%H%M")
-    if found is not None:
-        return found
+    return file_time(path, r"_(\d{12})\.h5$", "%Y%m%d%H%M", "KNMI HDF5 file", _overview_end)
+
+
+def _overview_end(path: Path) -> pd.Timestamp:
     import h5py
 
-    with reading(path, "KNMI HDF5 file"), h5py.File(path, "r") as f:
+    with h5py.File(path, "r") as f:
         return _product_time(_text(f["overview"].attrs["product_datetime_end"]))
 
 
@@ -102,7 +102,8 @@ def open_knmi(path, *, zr=None, coarsen: int = 1) -> xr.Dataset:
     if counts.shape != (ny, nx):
         raise SourceError(path, f"image shape {counts.shape} differs from the header's {(ny, nx)}")
     values = counts.astype("f4") * np.float32(gain) + np.float32(offset)
-    values[np.isin(counts, missing)] = np.nan
+    for code in set(missing):
+        values[counts == code] = np.nan
     x, y = centres(x0, dx, nx), centres(y0, dy, ny)
     if dy > 0:  # rows run south to north: flip to north-up
         values, y = values[::-1], y[::-1]

@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.sources import SourceError
-from nowcast.sources.common import radar_dataset, reading, time_from_name
+from nowcast.sources.common import file_time, radar_dataset, reading
 
 INSTITUTION = "NOAA National Severe Storms Laboratory"
 ROWS_PER_BLOCK = 500
@@ -27,11 +27,11 @@ ROWS_PER_BLOCK = 500
 
 def mrms_time(path) -> pd.Timestamp:
     """Valid time (UTC) from an MRMS file name (``..._YYYYMMDD-HHMMSS.grib2``) or its GRIB header."""
-    path = Path(path)
-    found = time_from_name(path, r"_(\d{8}-\d{6})\.grib2", "%Y%m%d-%H%M%S")
-    if found is not None:
-        return found
-    with reading(path, "MRMS GRIB2 file"), _grib_message(path) as msg:
+    return file_time(path, r"_(\d{8}-\d{6})\.grib2", "%Y%m%d-%H%M%S", "MRMS GRIB2 file", _valid_date)
+
+
+def _valid_date(path: Path) -> pd.Timestamp:
+    with _grib_message(path) as msg:
         return pd.Timestamp(msg.validDate)
 
 

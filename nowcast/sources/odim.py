@@ -17,7 +17,7 @@ import pyproj
 import xarray as xr
 
 from nowcast.sources import SourceError
-from nowcast.sources.common import centres, radar_dataset, reading, time_from_name
+from nowcast.sources.common import centres, file_time, radar_dataset, reading
 
 QUANTITIES = {"RATE": "rainrate", "ACRR": "accumulation", "DBZH": "reflectivity", "TH": "reflectivity"}
 
@@ -32,13 +32,13 @@ def _when(attrs, date: str, time: str) -> pd.Timestamp:
 
 def odim_time(path) -> pd.Timestamp:
     """Nominal time (UTC) from an OPERA file name or the root ``what`` group."""
-    path = Path(path)
-    found = time_from_name(path, r"_(\d{14})\.(?:hdf|h5)$", "%Y%m%d%H%M%S")
-    if found is not None:
-        return found
+    return file_time(path, r"_(\d{14})\.(?:hdf|h5)$", "%Y%m%d%H%M%S", "ODIM_H5 file", _root_time)
+
+
+def _root_time(path: Path) -> pd.Timestamp:
     import h5py
 
-    with reading(path, "ODIM_H5 file"), h5py.File(path, "r") as f:
+    with h5py.File(path, "r") as f:
         return _when(f["what"].attrs, "date", "time")
 
 
