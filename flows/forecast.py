@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
 
-@task
+@task(cache_policy=NO_CACHE)  # the archive grows under the same arguments
 def plan(archive: str, checkpoints: list[str], out_dir: str, at: str | None) -> fc.IssuePlan:
     return fc.plan_issue(archive, checkpoints, out_dir, at=at)
 

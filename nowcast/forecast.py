@@ -71,24 +71,38 @@ def newest_complete_window(times: Sequence, t_in: int, step: pd.Timedelta) -> pd
     return times[starts[-1] + t_in - 1] if len(starts) else None
 
 
-def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None) -> xr.Dataset:
-    """The ``t_in`` consecutive frames of ``obs`` ending at ``at`` (default: the last time), loaded.
+def issue_time(times: Sequence, at: Any, step: pd.Timedelta) -> pd.Timestamp:
+    """The issue time for a request at ``at`` (default: the newest time in ``times``).
 
-    Frames that are absent, or entirely NaN, count as missing.
+    It is the last time step at or before ``at`` on the time grid of the
+    observations: an archived frame up to one step before ``at``, or, when
+    that frame is missing, the grid time it should have had (whose absence
+    then makes the input window incomplete).
+    """
+    times = pd.DatetimeIndex(times)
+    if at is None:
+        if not len(times):
+            raise ValueError("the observations hold no frames")
+        return times[-1]
+    at = pd.Timestamp(at)
+    if at.tz is not None:
+        at = at.tz_convert("UTC").tz_localize(None)
+    earlier = times[times <= at]
+    return earlier[-1] + ((at - earlier[-1]) // step) * step if len(earlier) else at
+
+
+def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None) -> xr.Dataset:
+    """The ``t_in`` consecutive frames of ``obs`` at or before ``at`` (default: the last time), loaded.
+
+    The window ends at :func:`issue_time`; frames that are absent, or entirely
+    NaN, count as missing.
 
     Raises:
         MissingInputError: naming every missing time.
     """
     step = time_step(obs)
     available = pd.DatetimeIndex(obs["time"].values)
-    if at is None:
-        if not len(available):
-            raise ValueError("the observations hold no frames")
-        reference = available[-1]
-    else:
-        reference = pd.Timestamp(at)
-        if reference.tz is not None:
-            reference = reference.tz_convert("UTC").tz_localize(None)
+    reference = issue_time(available, at, step)
     wanted = input_times(reference, t_in, step)
     present = wanted[wanted.isin(available)]
     window = obs.sel(time=present).load()
@@ -150,7 +164,9 @@ def forecast(
         obs: observations in the data model (e.g. an opened archive; only the
             input frames are read).
         model_or_run_dir: run folder, checkpoint file, or :func:`load_model`'s tuple.
-        at: issue time; the ``T_in`` frames ending there must all be present.
+        at: requested issue time; the forecast is issued from the last time
+            step at or before it (:func:`issue_time`), whose ``T_in`` frames
+            must all be present.
         n_leads: number of lead times (default: the model's ``t_out``; longer
             horizons are rolled out by the model).
         tile: run on ``tile`` × ``tile`` patches (default: whole domain up to
@@ -354,7 +370,7 @@ def model_frames(run_dir_or_ckpt: str | os.PathLike) -> tuple[int, int]:
 
 def plan_issue(store: str | os.PathLike, run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                at: Any = None, overwrite: bool = False) -> IssuePlan:
-    """Pick the issue time (``at``, default the newest archived frame) and check its inputs.
+    """Pick the issue time (:func:`issue_time` of ``at``; default the newest archived frame), check its inputs.
 
     ``t_in``/``t_out`` are the largest of the models' (3 and 12 with no model:
     Lagrangian extrapolation's three frames, an hour of 5-min leads).
@@ -368,7 +384,7 @@ def plan_issue(store: str | os.PathLike, run_dirs: Sequence[str | os.PathLike], 
     obs = open_archive(store)
     frames = [model_frames(run) for run in run_dirs] or [(3, 12)]
     t_in, t_out = max(f[0] for f in frames), max(f[1] for f in frames)
-    reference = pd.Timestamp(at) if at is not None else pd.Timestamp(obs["time"].values[-1])
+    reference = issue_time(obs["time"].values, at, time_step(obs))
     folder = Path(out_dir) / issue_folder_name(reference)
     plan = IssuePlan(reference, folder, t_in, t_out)
     try:

@@ -22,15 +22,8 @@ from nowcast.training import train
 from nowcast.transforms import DBR, Identity
 
 pytestmark = pytest.mark.xdist_group("forecast")
+torch.set_num_threads(1)  # two xdist workers on two cores: more threads oversubscribe them
 ISSUE = pd.Timestamp("2024-06-01T16:00")  # frame 48 of the synthetic archive
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +70,22 @@ def test_missing_or_empty_input_frames_are_named(store, run):
     assert list(err.value.missing) == [ISSUE - pd.Timedelta("25min"), ISSUE - pd.Timedelta("10min")]
     blank = obs.load()
     blank["rainrate"].loc[{"time": ISSUE}] = np.nan
-    with pytest.raises(fc.MissingInputError, match="2024-06-01 16:00"):
+    with pytest.raises(fc.MissingInputError, match="lack 1 time.*2024-06-01 16:00"):
         fc.forecast(blank, run, at=ISSUE)
+    with pytest.raises(fc.MissingInputError, match="lack 1 time.*2024-06-01 16:00"):  # not 15:55's window
+        fc.forecast(obs.drop_sel(time=ISSUE), run, at=ISSUE + pd.Timedelta("3min"))
+
+
+def test_issue_time_is_the_last_step_at_or_before_the_request(store, run):
+    obs = archive.open_archive(store)
+    out = fc.forecast(obs, run, at="2024-06-01T16:04:59", n_leads=1)
+    assert pd.Timestamp(out["forecast_reference_time"].values) == ISSUE
+    assert pd.Timestamp(fc.forecast(obs, run, n_leads=1)["forecast_reference_time"].values) == \
+        pd.Timestamp(obs["time"].values[-1])
+    times = pd.date_range("2024-01-01", periods=4, freq="10min")
+    assert fc.issue_time(times, "2024-01-01T00:25", pd.Timedelta("10min")) == times[2]
+    assert fc.issue_time(times, "2024-01-01T01:00", pd.Timedelta("10min")) == pd.Timestamp("2024-01-01T01:00")
+    assert fc.issue_time(times, "2023-12-31", pd.Timedelta("10min")) == pd.Timestamp("2023-12-31")
 
 
 class Pointwise(nn.Module):

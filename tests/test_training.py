@@ -23,20 +23,12 @@ from nowcast.training import _Trainer, train
 from nowcast.transforms import DBR
 
 pytestmark = pytest.mark.xdist_group("training")
+torch.set_num_threads(1)  # two xdist workers on two cores: more threads oversubscribe them
 NOWCAST = Path(sys.executable).with_name("nowcast")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # The same settings in-process and on the command line (CLI defaults: split 0.8/0.1/0.1, patience 10).
 RUN = dict(epochs=3, steps_per_epoch=4, batch_size=4, patch=32, seed=5)
 CLI_RUN = ["--epochs", "3", "--steps-per-epoch", "4", "--batch-size", "4", "--patch", "32", "--seed", "5"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: bit-identical results across processes, and no oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +80,7 @@ def test_checkpoint_refuses_other_files(tmp_path):
 def test_killed_run_resumes_to_identical_losses(full_run, store, tmp_path):
     """SIGKILL `nowcast train` after its first epoch, resume: every epoch's losses match bit for bit."""
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same arithmetic as this process
     proc = subprocess.Popen([str(NOWCAST), "train", str(store), "--model", "tau-tiny", "--out", str(run),
                              "--no-progress", *CLI_RUN], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
