@@ -239,8 +239,9 @@ def _device(device: str, dist: _Dist) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", dist.local_rank)
+    if dev.type == "cuda":
+        dev = dev if dev.index is not None else torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)  # NCCL collectives run on the current device
     return dev
 
 
