@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/nowcast demo --out $(OUT)
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) outputs .prefect .pytest_cache

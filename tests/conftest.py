@@ -17,6 +17,13 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Two xdist workers share two cores: more than one thread each oversubscribes
+# them (an MS-LSTM test goes from ~5 s to minutes).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 import nowcast  # noqa: E402,F401  (applies offline defaults)
 

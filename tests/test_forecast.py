@@ -22,7 +22,6 @@ from nowcast.training import train
 from nowcast.transforms import DBR, Identity
 
 pytestmark = pytest.mark.xdist_group("forecast")
-torch.set_num_threads(1)  # two xdist workers on two cores: more threads oversubscribe them
 ISSUE = pd.Timestamp("2024-06-01T16:00")  # frame 48 of the synthetic archive
 
 

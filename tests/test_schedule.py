@@ -23,7 +23,6 @@ from nowcast.synthetic import synthetic_radar
 from nowcast.training import train
 
 pytestmark = pytest.mark.xdist_group("schedule")
-torch.set_num_threads(1)  # two xdist workers on two cores: more threads oversubscribe them
 BIN = Path(sys.executable).parent
 START = pd.Timestamp("2024-06-01T12:00")
 N_FRAMES = 40

@@ -23,7 +23,6 @@ from nowcast.training import _Trainer, train
 from nowcast.transforms import DBR
 
 pytestmark = pytest.mark.xdist_group("training")
-torch.set_num_threads(1)  # two xdist workers on two cores: more threads oversubscribe them
 NOWCAST = Path(sys.executable).with_name("nowcast")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # The same settings in-process and on the command line (CLI defaults: split 0.8/0.1/0.1, patience 10).
