@@ -161,3 +161,11 @@ def test_cli_ingest_sources_and_exit_codes(shared_data, tmp_path):
     unknown = runner.invoke(app, ["ingest", "radolan", str(files[0]), "--out", str(tmp_path / "b.zarr")])
     assert unknown.exit_code == 2 and "unknown source" in unknown.output
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_synthetic_sources_ingest_by_name(tmp_path):
+    report = ingest("synthetic-traffic", [], tmp_path / "t.zarr", n_days=2, size=8, seed=3)
+    assert report.ok and report.frames_added == 96
+    assert archive.open_archive(tmp_path / "t.zarr")["crowd_flow"].sizes["flow"] == 2
+    again = ingest("synthetic-traffic", [], tmp_path / "t.zarr", n_days=2, size=8, seed=3)
+    assert again.frames_added == 0
