@@ -1,0 +1,112 @@
+"""Model sizes against the papers, the preset table and the config round trip.
+
+Models are built on the meta device: no memory, no compute.
+"""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from nowcast import models
+from nowcast.models import MKLSTMCell, build, list_presets, parameter_count
+
+PUBLISHED = {r.name: r.published_parameters for r in list_presets() if r.published_parameters}
+
+
+def meta_count(name: str, **overrides) -> int:
+    with torch.device("meta"):
+        return parameter_count(build(name, **overrides))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_matches_paper(name):
+    published = PUBLISHED[name]
+    assert abs(meta_count(name) - published) <= 0.005 * published
+
+
+def test_every_published_figure_is_checked():
+    expected = {"tau-taxibj", "tau-mmnist", "stlight-xs-mmnist", "stlight-s-mmnist",
+                "stlight-m-mmnist", "stlight-l-mmnist", "stlight-s-taxibj", "stlight-m-taxibj",
+                "stlight-l-taxibj", "mslstm-mmnist"}
+    assert expected <= set(PUBLISHED)
+
+
+def test_mk_lstm_cell_and_ms_lstm_counts_are_exact():
+    with torch.device("meta"):
+        assert parameter_count(MKLSTMCell(64, 64)) == 1_262_784
+    assert meta_count("mslstm-mmnist") == 7_576_897
+    # six cells, 2 -> 64 embedding, 64 -> 2 readout
+    assert meta_count("mslstm-taxibj") == 6 * 1_262_784 + (2 * 64 + 64) + (64 * 2 + 2)
+
+
+@pytest.mark.parametrize("name", ["stlight-xs-mmnist", "stlight-l-mmnist", "stlight-m-taxibj"])
+def test_stlight_count_follows_the_architecture(name):
+    """Patch conv + BN, de × (dw k1 + dw k2 + BN + 1×1 + BN), 1×1 readout after PixelShuffle."""
+    k = models.PRESETS[name].kwargs
+    d, de, p, c = k["dim"], k["depth"], k["patch"], k["in_channels"]
+    encoder = k["t_in"] * c * p * p * d + d + 2 * d
+    mixer = (9 * d + d) + (49 * d + d) + 2 * d + (d * d + d) + 2 * d
+    readout = (d // (p * p)) * k["t_out"] * c + k["t_out"] * c
+    assert meta_count(name) == encoder + de * mixer + readout
+
+
+def test_tau_squeeze_excitation_width():
+    with torch.device("meta"):
+        wide = models.tau.TemporalAttentionModule(256)
+        narrow = models.tau.TemporalAttentionModule(32)
+    assert wide.se[0].out_features == 16
+    assert narrow.se[0].out_features == 8
+
+
+def test_list_presets_rows():
+    rows = {r.name: r for r in list_presets()}
+    required = {"tau-taxibj", "tau-mmnist", "tau-radar", "tau-tiny", "stlight-xs-mmnist",
+                "stlight-s-mmnist", "stlight-m-mmnist", "stlight-l-mmnist", "stlight-s-taxibj",
+                "stlight-m-taxibj", "stlight-l-taxibj", "stlight-radar", "stlight-tiny",
+                "mslstm-mmnist", "mslstm-taxibj", "mslstm-radar", "mslstm-tiny"}
+    assert required <= set(rows)
+    radar = rows["tau-radar"]
+    assert (radar.t_in, radar.t_out, radar.channels, radar.height, radar.width) == (12, 12, 1, 128, 128)
+    assert rows["stlight-s-taxibj"].channels == 2
+    for r in rows.values():
+        assert r.family in models.FAMILIES
+        assert r.parameters == meta_count(r.name)
+        assert r.training is not None and r.training.lr > 0 and r.training.batch_size > 0
+    assert rows["mslstm-mmnist"].training.scheduled_sampling
+    json.dumps([dataclasses.asdict(r) for r in rows.values()])
+
+
+@pytest.mark.parametrize("name", sorted(models.PRESETS))
+def test_config_round_trip(name):
+    with torch.device("meta"):
+        model = build(name)
+        config = json.loads(json.dumps(model.config))
+        by_preset = build(model.preset, **config)
+        by_family = build(model.family, **config)
+    assert model.preset == name and by_preset.preset == name and by_family.preset is None
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    for clone in (by_preset, by_family):
+        assert type(clone) is type(model)
+        assert clone.config == model.config
+        assert {k: v.shape for k, v in clone.state_dict().items()} == shapes
+    assert (model.t_in, model.t_out, model.in_channels) == (
+        config["t_in"], config["t_out"], config["in_channels"])
+
+
+def test_overrides_and_unknown_names():
+    with torch.device("meta"):
+        model = build("tau-radar", t_out=6, hid_t=128)
+    assert model.t_out == 6 and model.config["hid_t"] == 128 and model.preset == "tau-radar"
+    with pytest.raises(KeyError):
+        build("convlstm")
+    with pytest.raises(KeyError):
+        models.paper_loss("convlstm")
+
+
+def test_paper_loss_per_family():
+    assert models.paper_loss("tau-mmnist") is models.tau_loss
+    assert models.paper_loss("stlight") is models.mse
+    with torch.device("meta"):
+        assert models.paper_loss(build("mslstm-tiny")) is models.l1_l2_per_frame
