@@ -9,7 +9,7 @@ import re
 import warnings
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import dask.array
 import numpy as np
@@ -65,12 +65,6 @@ def file_time(path: str | os.PathLike, pattern: str, fmt: str, what: str,
 def centres(first_edge: float, step: float, n: int) -> np.ndarray:
     """Cell-centre coordinates of ``n`` cells of ``step`` from an outer edge (step < 0: descending)."""
     return first_edge + step * (np.arange(n) + 0.5)
-
-
-def check_shape(path, array: np.ndarray, shape: Sequence[int], what: str) -> None:
-    """Refuse a decoded field whose shape differs from what its header or product promises."""
-    if tuple(array.shape) != tuple(shape):
-        raise SourceError(path, f"{what}: data shape {tuple(array.shape)} differs from the expected {tuple(shape)}")
 
 
 def zr_relation(zr, documented: tuple[float, float] | None) -> tuple[float, float] | None:
