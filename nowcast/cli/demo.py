@@ -15,7 +15,7 @@ def demo(
     size: int = typer.Option(256, help="Grid size in 1-km cells (size × size)."),
     models: str = typer.Option("stlight-tiny,mslstm-tiny,tau-tiny", help="Comma-separated model presets ('' for none)."),
     epochs: int = typer.Option(3, help="Training epochs per model."),
-    steps_per_epoch: int = typer.Option(40, help="Optimiser steps per epoch."),
+    steps_per_epoch: int = typer.Option(20, help="Optimiser steps per epoch."),
     seed: int = typer.Option(7, help="Seed of the synthetic weather and of training."),
 ) -> None:
     """Synthetic radar → Zarr archive → deep-model and classic nowcasts → CF-NetCDF, GeoTIFF, scores and maps."""
