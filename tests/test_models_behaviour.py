@@ -12,6 +12,15 @@ TINY = ["tau-tiny", "stlight-tiny", "mslstm-tiny"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tests run two xdist workers on two cores: one torch thread each avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def moving_blobs(n: int = 2, t: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
     """Radar-like frames ``[n, t, 1, size, size]``: two Gaussian blobs per sample in uniform motion."""
     g = torch.Generator().manual_seed(seed)
