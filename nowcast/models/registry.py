@@ -8,7 +8,7 @@ published count and the training defaults of the paper or its reference code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -69,7 +69,7 @@ class PresetInfo:
     parameters: int
     published_parameters: int | None
     training: TrainingDefaults | None
-    note: str = field(default="")
+    note: str = ""
 
 
 _OPENSTL_MMNIST = "OpenSTL configs/mmnist/TAU.py; 200 epochs is OpenSTL's benchmark length"
