@@ -78,7 +78,8 @@ def train_models(store: Path, reference_time: pd.Timestamp, out_dir: Path, cfg: 
     from nowcast import archive
     from nowcast.training import train
 
-    history = archive.open_archive(store).sel(time=slice(None, reference_time))
+    # 144 frames of 256 x 256 are ~40 MB: train from memory, not from Zarr per sample.
+    history = archive.open_archive(store).sel(time=slice(None, reference_time)).load()
     runs = {}
     for preset in cfg.models:
         result = train(history, preset, out_dir / "runs" / preset, epochs=cfg.epochs,
