@@ -116,13 +116,17 @@ class Log1p(Transform):
 class MinMax(Transform):
     """``(v - lo) / (hi - lo)``: [lo, hi] → [0, 1]; fit ``lo``/``hi`` on training data only.
 
-    ``clip_min`` (e.g. 0 for counts) bounds the inverse from below.
+    ``clip_min`` (e.g. 0 for counts) bounds the inverse from below;
+    ``max_scaled`` bounds the network's output from above before inverting
+    (1.5: half the training range above the training maximum), so that a
+    few exploding cells of an imperfect network cannot dominate the scores.
     """
 
     kind: ClassVar[str] = "minmax"
     lo: float = 0.0
     hi: float = 1.0
     clip_min: float | None = None
+    max_scaled: float = 1.5
 
     def __post_init__(self) -> None:
         if not self.hi > self.lo:
@@ -133,7 +137,7 @@ class MinMax(Transform):
         return ((v - self.lo) / (self.hi - self.lo)).astype("f4")
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
-        v = np.asarray(values, dtype="f4") * (self.hi - self.lo) + self.lo
+        v = np.minimum(np.asarray(values, dtype="f4"), self.max_scaled) * (self.hi - self.lo) + self.lo
         return (v if self.clip_min is None else np.maximum(v, self.clip_min)).astype("f4")
 
 

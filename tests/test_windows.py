@@ -127,3 +127,10 @@ def test_minmax_fit_and_inverse():
     assert from_dict(mm.to_dict()) == mm
     with pytest.raises(ValueError, match="no finite"):
         fit_minmax([np.array([np.nan])])
+
+
+def test_minmax_inverse_caps_exploding_network_output():
+    scaler = MinMax(lo=0.0, hi=1000.0, clip_min=0.0)
+    out = scaler.inverse(np.array([-0.2, 0.5, 1.2, 40.0], dtype="f4"))
+    np.testing.assert_allclose(out, [0.0, 500.0, 1200.0, 1500.0])
+    assert from_dict(scaler.to_dict()) == scaler
