@@ -10,6 +10,7 @@ running them in order would (alone, it trains its own).
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import nbformat
@@ -79,6 +80,25 @@ def test_stored_without_outputs(path: Path):
     assert not dirty, (f"{path.name}: cells {dirty} hold outputs or execution counts; "
                        f"strip them with `nbstripout {path.relative_to(NOTEBOOKS.parent)}`")
     assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])], f"{path.name}: no parameters cell"
+
+
+@pytest.mark.parametrize("path", STORED, ids=[p.name for p in STORED])
+def test_only_the_public_api(path: Path):
+    """No private nowcast module or name is imported."""
+    private = []
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nowcast"):
+                names = node.module.split(".") + [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [part for alias in node.names if alias.name.startswith("nowcast")
+                         for part in alias.name.split(".")]
+            else:
+                continue
+            private += [name for name in names if name.startswith("_")]
+    assert not private, f"{path.name} imports private names {private}"
 
 
 def test_01_explore_archive(run_notebook, workdir):
