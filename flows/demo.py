@@ -41,7 +41,7 @@ def verify(forecasts, store, out: Path, cfg: demo.DemoConfig):
 
 @flow(name="nowcast-demo", log_prints=False)
 def demo_flow(out_dir: str = "outputs/demo", size: int = 256, models: list[str] | None = None,
-              epochs: int = 3, steps_per_epoch: int = 20, seed: int = 7) -> dict:
+              epochs: int = 5, steps_per_epoch: int | None = None, seed: int = 7) -> dict:
     """Synthetic radar → archive → nowcasts → products → scores and maps."""
     logger = get_run_logger()
     cfg = demo.DemoConfig(size=size, models=tuple(demo.DEFAULT_MODELS if models is None else models),

@@ -169,8 +169,11 @@ def forecast(
             must all be present.
         n_leads: number of lead times (default: the model's ``t_out``; longer
             horizons are rolled out by the model).
-        tile: run on ``tile`` × ``tile`` patches (default: whole domain up to
-            :data:`MAX_WHOLE_CELLS` cells, else the training patch size).
+        tile: run on ``tile`` × ``tile`` patches. Default: the training patch
+            size when the model was trained on patches smaller than this
+            domain (a network whose receptive field exceeds its training
+            patch learned the patch border and misbehaves on larger inputs),
+            else the whole domain up to :data:`MAX_WHOLE_CELLS` cells.
         overlap: cells shared by neighbouring tiles (default ``tile // 4``).
 
     Returns:
@@ -190,8 +193,11 @@ def forecast(
     window = select_inputs(obs, model.t_in, at)
     frames = np.asarray(window[variable].values, dtype="f4")
     frames = frames if frames.ndim == 4 else frames[:, None]
-    if tile is None and frames.shape[-2] * frames.shape[-1] > MAX_WHOLE_CELLS:
-        tile = max(meta.get("data", {}).get("patch") or [256])
+    trained_patch = meta.get("data", {}).get("patch")
+    if tile is None and trained_patch and max(trained_patch) < max(frames.shape[-2:]):
+        tile = max(trained_patch)
+    elif tile is None and frames.shape[-2] * frames.shape[-1] > MAX_WHOLE_CELLS:
+        tile = 256
     fields = predict(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
     fields = fields if variable == "crowd_flow" else fields[:, 0]
     reference = pd.Timestamp(window["time"].values[-1])

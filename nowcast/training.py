@@ -73,6 +73,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     patience: int | None = 10
+    val_samples: int | None = 512
     amp: str = "auto"
     seed: int = 0
     num_workers: int = 0
@@ -166,6 +167,7 @@ def train(
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
     patience: int | None = 10,
+    val_samples: int | None = 512,
     min_wet_fraction: float = 0.0,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     block: str | None = None,
@@ -192,6 +194,8 @@ def train(
         compile: wrap the model in ``torch.compile``.
         resume: continue from ``out_dir/last.pt`` with its stored configuration.
         patience: stop after this many epochs without a lower validation loss (None: never).
+        val_samples: validate on at most this many samples, evenly spaced over
+            the validation split and the same every epoch (None: all of them).
         fractions, block: time-block split (see :func:`nowcast.windows.split_windows`).
         transform: scaler kind (default by variable: dBR for rain, min–max for flows).
 
@@ -211,7 +215,8 @@ def train(
             cfg = _new_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, t_in=t_in, t_out=t_out,
                               steps_per_epoch=steps_per_epoch, patch=patch, amp=amp, seed=seed,
                               optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
-                              grad_clip=grad_clip, patience=patience, min_wet_fraction=min_wet_fraction,
+                              grad_clip=grad_clip, patience=patience, val_samples=val_samples,
+                              min_wet_fraction=min_wet_fraction,
                               fractions=fractions, block=block, transform=transform, num_workers=num_workers,
                               model_overrides=model_overrides, source=archive_or_dataset)
         return _Trainer(cfg, archive_or_dataset, run_dir, dev, dist, state, compile=compile,
@@ -332,7 +337,12 @@ class _Trainer:
         self.loader = DataLoader(self.data.train, batch_size=cfg.batch_size, sampler=self.sampler,
                                  num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
                                  persistent_workers=cfg.num_workers > 0)
-        val_indices = list(range(dist.rank, len(self.data.val), dist.world))
+        # Evenly spaced, fixed subset: comparable across epochs, and it draws
+        # no random numbers (a resumed run stays bit-identical).
+        n_val = len(self.data.val)
+        chosen = (np.unique(np.linspace(0, n_val - 1, cfg.val_samples).astype(int))
+                  if cfg.val_samples and n_val > cfg.val_samples else np.arange(n_val))
+        val_indices = [int(i) for i in chosen[dist.rank::dist.world]]
         self.val_loader = DataLoader(torch.utils.data.Subset(self.data.val, val_indices),
                                      batch_size=cfg.batch_size, num_workers=cfg.num_workers)
         self.optimizer = _optimizer(cfg, self.model)

@@ -15,7 +15,7 @@ from nowcast.verification.align import LEAD, VerificationError, align, common_su
 from nowcast.verification.categorical import categorical_scores, contingency_categories, contingency_table
 from nowcast.verification.continuous import continuous_scores, error_sums
 from nowcast.verification.images import ssim
-from nowcast.verification.report import VerifyOptions, verify_forecasts
+from nowcast.verification.report import VerifyOptions, aggregate, score_case, verify_forecasts
 from nowcast.verification.probabilistic import (crps_sums, probabilistic_scores, rank_histogram_sums,
                                                 reliability_sums)
 from nowcast.verification.score import (DEFAULT_THRESHOLDS, accumulate, default_metrics, error_map, finalize,
@@ -30,5 +30,5 @@ __all__ = [
     "crps_sums", "rank_histogram_sums", "reliability_sums", "probabilistic_scores",
     "fss_sums", "fss_scores", "rapsd", "scale_cells",
     "DEFAULT_THRESHOLDS", "default_metrics", "accumulate", "merge", "finalize", "score_forecast", "error_map",
-    "scores_table", "VerifyOptions", "verify_forecasts",
+    "scores_table", "VerifyOptions", "score_case", "aggregate", "verify_forecasts",
 ]
