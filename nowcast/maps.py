@@ -394,11 +394,23 @@ def _locator_map(ax, ds: xr.Dataset, margin_deg: float = 5.0) -> None:
     ax.set_title(f"location ({centre_lat:.2f}°N, {centre_lon:.2f}°E)", fontsize=10)
 
 
+def _use_bundled_ffmpeg() -> None:
+    """Point matplotlib at imageio-ffmpeg's static ffmpeg binary, when that package is installed."""
+    import matplotlib
+
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return
+    matplotlib.rcParams["animation.ffmpeg_path"] = imageio_ffmpeg.get_ffmpeg_exe()
+
+
 def animate_forecast(forecast: xr.Dataset, path: str | os.PathLike, *, obs: xr.Dataset | None = None,
                      fps: float = 2.0, flow: str = "inflow") -> Path:
     """Animated loop of a forecast over its lead times (next to the observations if given).
 
-    ``.gif`` is written with Pillow; ``.mp4`` needs ``ffmpeg`` on the PATH.
+    ``.gif`` is written with Pillow; ``.mp4`` with ffmpeg (the one on the
+    PATH, else the binary the ``imageio-ffmpeg`` package ships).
 
     Returns:
         ``path``.
@@ -408,6 +420,8 @@ def animate_forecast(forecast: xr.Dataset, path: str | os.PathLike, *, obs: xr.D
 
     path = Path(path)
     if path.suffix.lower() == ".mp4":
+        if not FFMpegWriter.isAvailable():
+            _use_bundled_ffmpeg()
         if not FFMpegWriter.isAvailable():
             raise ValueError(f"{path}: MP4 needs ffmpeg on the PATH; write a .gif instead")
         writer = FFMpegWriter(fps=fps)

@@ -41,7 +41,8 @@ def run(store, tmp_path_factory):
 
 def test_forecast_is_georeferenced_and_uses_the_frames_ending_at_the_issue_time(store, run):
     obs = archive.open_archive(store)
-    out = fc.forecast(obs, run, at=ISSUE, n_leads=6)  # 6 > t_out = 4: the model rolls out
+    whole = max(obs.sizes["y"], obs.sizes["x"])  # one tile: the whole domain, as computed below
+    out = fc.forecast(obs, run, at=ISSUE, n_leads=6, tile=whole)  # 6 > t_out = 4: the model rolls out
     validate(out, forecast=True)
     step = pd.Timedelta("5min")
     assert pd.Timestamp(out["forecast_reference_time"].values) == ISSUE

@@ -139,5 +139,8 @@ def test_animated_loop(radar, tmp_path):
     path = maps.animate_forecast(forecasts["advected"], tmp_path / "loop.gif", obs=obs)
     with Image.open(path) as gif:
         assert gif.n_frames == 4
+    mp4 = maps.animate_forecast(forecasts["advected"], tmp_path / "loop.mp4")
+    header = mp4.read_bytes()[:64]
+    assert b"ftyp" in header and mp4.stat().st_size > 5_000
     with pytest.raises(ValueError, match="gif or .mp4"):
         maps.animate_forecast(forecasts["advected"], tmp_path / "loop.avi")
