@@ -130,7 +130,9 @@ def plot_score_grid(table: pd.DataFrame, path: str | os.PathLike, metrics: Seque
             metric, key = line_up[c]
             _lines(axes[r, c], rows[rows["metric"] == metric], key, metric, styles, units)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8, frameon=False)
+    # About three entries fit in a 4-inch-wide panel; wrap onto more rows rather than crop.
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5, 3 * n_cols), fontsize=8,
+               frameon=False)
     fig.suptitle(title)
     return save_figure(fig, path)
 
