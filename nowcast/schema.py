@@ -112,12 +112,41 @@ def xy_attrs(crs: pyproj.CRS) -> tuple[dict, dict]:
     )
 
 
-def lonlat(crs: pyproj.CRS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2-D WGS 84 longitude and latitude (degrees) of grid-cell centres, shape (y, x)."""
-    xx, yy = np.meshgrid(np.asarray(x, dtype="f8"), np.asarray(y, dtype="f8"))
+#: lat/lon are computed this many cells at a time (memory stays bounded on 36 M-cell grids).
+LATLON_BLOCK_CELLS = 2**20
+
+
+def lonlat(crs: pyproj.CRS, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
+    """2-D WGS 84 longitude and latitude (degrees) of grid-cell centres, shape (y, x).
+
+    Computed in row blocks, so only one block's mesh is held at a time. On a
+    lat/lon grid whose datum needs no shift to WGS 84 they are lazy (dask)
+    broadcasts of ``x`` and ``y``, which cost no memory at all.
+    """
+    import dask.array
+
+    x, y = np.asarray(x, dtype="f8"), np.asarray(y, dtype="f8")
+    shape = (y.size, x.size)
+    rows = max(1, LATLON_BLOCK_CELLS // max(x.size, 1))
     to_ll = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    lon, lat = to_ll.transform(xx, yy)
+    if crs.is_geographic and x.size and y.size and _keeps_degrees(to_ll, x, y):
+        lon = dask.array.broadcast_to(dask.array.from_array(x[None, :]), shape, chunks=(rows, x.size))
+        lat = dask.array.broadcast_to(dask.array.from_array(y[:, None], chunks=(rows, 1)), shape,
+                                      chunks=(rows, x.size))
+        return lon, lat
+    lon, lat = np.empty(shape), np.empty(shape)
+    for start in range(0, y.size, rows):
+        block = slice(start, start + rows)
+        xx, yy = np.meshgrid(x, y[block])
+        lon[block], lat[block] = to_ll.transform(xx, yy)
     return lon, lat
+
+
+def _keeps_degrees(to_ll: pyproj.Transformer, x: np.ndarray, y: np.ndarray) -> bool:
+    """True if the transform to WGS 84 leaves the grid's corner coordinates unchanged."""
+    xx, yy = np.meshgrid(x[[0, -1]], y[[0, -1]])
+    lon, lat = to_ll.transform(xx, yy)
+    return bool(np.allclose(lon, xx, atol=1e-9) and np.allclose(lat, yy, atol=1e-9))
 
 
 def time_step(ds: xr.Dataset) -> pd.Timedelta:

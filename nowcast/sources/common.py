@@ -6,12 +6,10 @@ import contextlib
 import functools
 import os
 import re
-import warnings
 import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
-import dask.array
 import numpy as np
 import pandas as pd
 import pyproj
@@ -22,7 +20,6 @@ from nowcast.sources import SourceError
 
 # Marshall and Palmer (1948): Z = 200 R^1.6, the default Z-R relation.
 MARSHALL_PALMER = (200.0, 1.6)
-LATLON_BLOCK_CELLS = 2**20
 
 
 @contextlib.contextmanager
@@ -193,49 +190,11 @@ def frame_dataset(values: np.ndarray, *, time, x, y, crs, variable: str, source:
 
 @functools.lru_cache(maxsize=4)
 def _grid_template(wkt: str, x: bytes, y: bytes, variable: str) -> xr.Dataset:
-    """A one-frame data-model dataset on the grid (x, y, crs), built with lat/lon filled economically.
-
-    ``make_dataset`` runs on one cell (for the attributes and the CRS
-    variable); the full lat/lon are then computed in row blocks: its own
-    meshgrid-then-transform holds four float64 meshes at once (1.2 GB for the
-    36 M-cell FMI GeoTIFF). On a lat/lon grid whose datum needs no shift to
-    WGS 84 they are x/y broadcast, no memory at all (MRMS).
-    """
+    """A one-frame data-model dataset on the grid (x, y, crs), its lat/lon computed once."""
     xs, ys = np.frombuffer(x, dtype="f8"), np.frombuffer(y, dtype="f8")
-    crs = pyproj.CRS.from_wkt(wkt)
-    with warnings.catch_warnings():
-        # CF's oblique_mercator has no rectified-grid angle; crs_wkt keeps it.
-        warnings.filterwarnings("ignore", "angle from rectified to skew grid", UserWarning)
-        cell = make_dataset(np.full((1, 1, 1), np.nan, "f4"), times=[pd.Timestamp(0)], x=xs[:1], y=ys[:1],
-                            crs=crs, variable=variable, source="", time_step="PT1M")
     shape = (ys.size, xs.size)
-    rows = max(1, LATLON_BLOCK_CELLS // xs.size)
-    to_ll = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    if crs.is_geographic and _is_identity(to_ll, xs, ys):
-        # Lazy broadcasts, chunked in row blocks: the archive writes them block by block.
-        lon = dask.array.broadcast_to(dask.array.from_array(xs[None, :]), shape, chunks=(rows, xs.size))
-        lat = dask.array.broadcast_to(dask.array.from_array(ys[:, None], chunks=(rows, 1)), shape,
-                                      chunks=(rows, xs.size))
-    else:
-        lon, lat = np.empty(shape), np.empty(shape)
-        for start in range(0, ys.size, rows):
-            block = slice(start, start + rows)
-            xx, yy = np.meshgrid(xs, ys[block])
-            lon[block], lat[block] = to_ll.transform(xx, yy)
-    var = cell[variable]
-    coords = {
-        "time": cell["time"], "crs": cell["crs"],
-        "x": ("x", xs, cell["x"].attrs), "y": ("y", ys, cell["y"].attrs),
-        "lat": (("y", "x"), lat, cell["lat"].attrs), "lon": (("y", "x"), lon, cell["lon"].attrs),
-    }
-    return xr.Dataset({variable: (var.dims, np.broadcast_to(np.float32(np.nan), (1,) + shape), var.attrs)},
-                      coords=coords, attrs=cell.attrs)
-
-
-def _is_identity(to_ll: pyproj.Transformer, x: np.ndarray, y: np.ndarray) -> bool:
-    xx, yy = np.meshgrid(x[[0, -1]], y[[0, -1]])
-    lon, lat = to_ll.transform(xx, yy)
-    return bool(np.allclose(lon, xx, atol=1e-9) and np.allclose(lat, yy, atol=1e-9))
+    return make_dataset(np.broadcast_to(np.float32(np.nan), (1,) + shape), times=[pd.Timestamp(0)], x=xs, y=ys,
+                        crs=pyproj.CRS.from_wkt(wkt), variable=variable, source="", time_step="PT1M")
 
 
 def _coarse_axis(coord: np.ndarray, factor: int) -> np.ndarray:
