@@ -377,6 +377,36 @@ def plot_flow_map(ds: xr.Dataset, path: str | os.PathLike, *, time=None, title: 
     return save_figure(fig, path, dpi=120)
 
 
+def plot_frames(ds: xr.Dataset, path: str | os.PathLike, *, times: Sequence | None = None, max_frames: int = 4,
+                flow: str = "inflow", title: str | None = None) -> Path:
+    """Observed frames side by side on the data's own projection, with coastlines and borders.
+
+    Args:
+        ds: a data-model dataset (radar or crowd flow; ``flow`` picks the direction shown).
+        times: the times to show; default ``max_frames`` evenly spread over the dataset.
+        title: figure title; default the dataset's ``source``.
+
+    Returns:
+        ``path``.
+    """
+    variable = data_variables(ds)[0]
+    all_times = ds["time"].values
+    if times is None:
+        times = all_times[np.linspace(0, len(all_times) - 1, min(max_frames, len(all_times))).round().astype(int)]
+    times = [np.datetime64(pd.Timestamp(t), "ns") for t in times]
+    palette = palette_for(variable)
+    cmap, norm = palette.cmap_norm()
+    projection = map_projection(ds)
+    fig, axes = _new_figure(1, len(times), ds, projection)
+    image = None
+    for ax, time in zip(axes[0], times):
+        image = _draw(ax, ds, _field(ds, variable, time, flow), projection, cmap=cmap, norm=norm)
+        ax.set_title(f"{pd.Timestamp(time):%Y-%m-%d %H:%M} UTC", fontsize=10)
+    _colorbar(fig, image, axes, palette.label, palette)
+    fig.suptitle(title or str(ds.attrs.get("source", variable)))
+    return save_figure(fig, path)
+
+
 def _locator_map(ax, ds: xr.Dataset, margin_deg: float = 5.0) -> None:
     """Where the grid lies: its outline in red on a regional map (coastlines and borders)."""
     import cartopy.crs as ccrs

@@ -144,3 +144,18 @@ def test_animated_loop(radar, tmp_path):
     assert b"ftyp" in header and mp4.stat().st_size > 5_000
     with pytest.raises(ValueError, match="gif or .mp4"):
         maps.animate_forecast(forecasts["advected"], tmp_path / "loop.avi")
+
+
+def test_plot_frames_for_radar_and_traffic(tmp_path):
+    from PIL import Image
+
+    from nowcast.synthetic import synthetic_radar, synthetic_traffic
+
+    radar = synthetic_radar(6, size=48, seed=2)
+    path = maps.plot_frames(radar, tmp_path / "radar.png", max_frames=3)
+    with Image.open(path) as image:
+        width, height = image.size
+    assert width > 2 * height  # three map panels side by side
+    traffic = synthetic_traffic(1, size=16, seed=2)
+    assert maps.plot_frames(traffic, tmp_path / "traffic.png", times=traffic["time"].values[[16, 34]],
+                            flow="outflow").stat().st_size > 10_000
