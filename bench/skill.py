@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Skill on real data ({tag.upper()}, small presets, short budget)",
         "",
         f"Machine: {device_name}; {platform.platform()}; Python {platform.python_version()}; "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads). The CPU was shared with other jobs "
-        "(load average well above the core count), so seconds per step are pessimistic.",
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); 1-min load average at the end "
+        f"{os.getloadavg()[0]:.1f} (above the core count means other jobs slowed training).",
         f"Command: `python bench/skill.py {' '.join(sys.argv[1:])}`; total {total_s / 60:.1f} min "
         f"(ingest {ingest_s:.0f} s, radar scoring {radar_score_s:.0f} s, traffic scoring {traffic_score_s:.0f} s).",
         "",
@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         f"All frames in mm h-1, {COARSEN} x {COARSEN} block mean of the 1 km composites (4 km cells), cropped "
         f"per event to the {CROP} x {CROP} window with most cells >= 1 mm/h over the event (chosen from its "
         f"observations, held-out events too); {T_IN} frames in -> {T_OUT} out "
-        f"(30 -> 60 min); training on {PATCH} x {PATCH} patches, forecasts over the whole {CROP} x {CROP} crop.",
+        f"(30 -> 60 min); training on {PATCH} x {PATCH} patches, forecasts on blended {PATCH} x {PATCH} tiles "
+        "of the {CROP} x {CROP} crop (the training patch size, nowcast.forecast's default).",
         "",
         "- Train: KNMI 2010-08-26 00:00-07:35 (92 frames, light rain) and MeteoSwiss 2015-05-15 15:45-19:00 "
         "(40 frames, AQC accumulations x 12 -> mm h-1), stacked on one nominal grid.",
