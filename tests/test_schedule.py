@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-import torch
 
 from nowcast import archive
 from nowcast.checkpoint import load_checkpoint
