@@ -166,7 +166,7 @@ def pivot(table: pd.DataFrame, rows: list[tuple[str, float | None, float | None]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("NOWCAST_DATA", "/work/shared/data")))
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("NOWCAST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")))
     parser.add_argument("--budget-min", type=float, default=3.0, help="radar training wall-clock per model")
     parser.add_argument("--traffic-budget-min", type=float, default=1.0, help="traffic training per model")
     parser.add_argument("--device", default="cpu")
@@ -255,11 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Radar",
         "",
-        f"All frames in mm h-1, {COARSEN} x {COARSEN} block mean of the 1 km composites (4 km cells), cropped "
+        f"All frames in mm h-1, {COARSEN} x {COARSEN} block mean of the 1 km composites ({COARSEN} km cells), cropped "
         f"per event to the {CROP} x {CROP} window with most cells >= 1 mm/h over the event (chosen from its "
         f"observations, held-out events too); {T_IN} frames in -> {T_OUT} out "
         f"(30 -> 60 min); training on {PATCH} x {PATCH} patches, forecasts on blended {PATCH} x {PATCH} tiles "
-        "of the {CROP} x {CROP} crop (the training patch size, nowcast.forecast's default).",
+        f"of the {CROP} x {CROP} crop (the training patch size, nowcast.forecast's default).",
         "",
         "- Train: KNMI 2010-08-26 00:00-07:35 (92 frames, light rain) and MeteoSwiss 2015-05-15 15:45-19:00 "
         "(40 frames, AQC accumulations x 12 -> mm h-1), stacked on one nominal grid.",
