@@ -122,7 +122,8 @@ def verify(forecasts: dict[str, xr.Dataset], store: Path, out_dir: Path,
     """Score every method against the truth; write CSV/JSON and the maps."""
     from nowcast import archive
     from nowcast.maps import plot_forecast_panels, plot_scores_vs_lead
-    from nowcast.products.atomic import atomic_path
+    from nowcast.plots import is_baseline
+    from nowcast.products.atomic import atomic_path, write_text_atomic
     from nowcast.verification import common_support, score_forecast, scores_table
 
     obs = archive.open_archive(store)
@@ -131,9 +132,8 @@ def verify(forecasts: dict[str, xr.Dataset], store: Path, out_dir: Path,
     csv, js = out_dir / "scores.csv", out_dir / "scores.json"
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
-    with atomic_path(js) as tmp:
-        tmp.write_text(json.dumps(table.to_dict(orient="records"), indent=1, default=str))
-    best = _best_model(table, [m for m in forecasts if m not in ("persistence", "lagrangian")])
+    write_text_atomic(js, json.dumps(table.to_dict(orient="records"), indent=1, default=str))
+    best = _best_model(table, [m for m in forecasts if not is_baseline(m)])
     panels = {name: forecasts[name] for name in (best, "lagrangian", "persistence") if name in forecasts}
     maps = [plot_forecast_panels(panels, obs, out_dir / "maps" / "forecast_vs_observation.png"),
             plot_scores_vs_lead(table, out_dir / "maps" / "csi_vs_lead.png", metric="csi", threshold=1.0)]

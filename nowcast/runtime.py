@@ -48,7 +48,7 @@ def _silent_pystepsrc() -> Path | None:
     target = Path(tempfile.gettempdir()) / f"nowcast-pystepsrc-{os.getuid()}"
     text = bundled.read_text().replace('"silent_import": false', '"silent_import": true')
     if not target.exists() or target.read_text() != text:
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
+        from nowcast.products.atomic import write_text_atomic
+
+        write_text_atomic(target, text)
     return target
