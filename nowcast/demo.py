@@ -106,15 +106,12 @@ def issue_forecasts(store: Path, reference_time: pd.Timestamp, runs: dict[str, P
 
 
 def write_products(forecasts: dict[str, xr.Dataset], out_dir: Path) -> tuple[dict[str, Path], list[Path]]:
-    """CF-NetCDF per method and one GeoTIFF per lead time per method."""
-    from nowcast.products import write_cf_netcdf, write_geotiffs
+    """CF-NetCDF per method and one GeoTIFF per lead time per method, all or nothing, under ``forecasts/``."""
+    from nowcast.forecast import write_products as write_all
 
-    netcdf, tiffs = {}, []
-    for name, fc in forecasts.items():
-        netcdf[name] = write_cf_netcdf(fc, out_dir / "forecasts" / f"{name}.nc",
-                                       checkpoint_hash=fc.attrs.get("checkpoint_hash"))
-        tiffs += write_geotiffs(fc, out_dir / "geotiff" / name)
-    return netcdf, tiffs
+    folder = write_all(forecasts, out_dir / "forecasts", overwrite=True)
+    netcdf = {name: folder / f"{name}.nc" for name in forecasts}
+    return netcdf, sorted((folder / "geotiff").rglob("*.tif"))
 
 
 def verify(forecasts: dict[str, xr.Dataset], store: Path, out_dir: Path,

@@ -21,7 +21,7 @@ def _check_products(out, methods):
         crs = crs_of(fc)
         assert crs.equals(pyproj.CRS.from_wkt(xr.open_dataset(out / "forecasts" / f"{method}.nc")["crs"].attrs["crs_wkt"]))
         assert fc.sizes["time"] == 12
-        tiffs = sorted((out / "geotiff" / method).glob("*.tif"))
+        tiffs = sorted((out / "forecasts" / "geotiff" / method).glob("*.tif"))
         assert len(tiffs) == 12
         tif = rioxarray.open_rasterio(tiffs[0])
         assert pyproj.CRS.from_user_input(tif.rio.crs.to_wkt()).equals(crs, ignore_axis_order=True)

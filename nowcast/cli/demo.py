@@ -45,7 +45,7 @@ def demo(
     term.print(f"archive      {result.archive}")
     for name, path in result.forecasts.items():
         term.print(f"forecast     {path}  ({name})")
-    term.print(f"geotiffs     {len(result.geotiffs)} files under {out / 'geotiff'}")
+    term.print(f"geotiffs     {len(result.geotiffs)} files under {out / 'forecasts' / 'geotiff'}")
     term.print(f"scores       {result.scores_csv}, {result.scores_json}")
     for path in result.maps:
         term.print(f"map          {path}")
