@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 import nowcast
+from nowcast.netcdf_lock import NETCDF_LOCK
 from nowcast.products.atomic import atomic_path
 from nowcast.schema import CONVENTIONS, crs_of, data_variables, lonlat, validate
 
@@ -80,7 +81,8 @@ def write_cf_netcdf(
                      checkpoint_hash=checkpoint_hash, comment=comment)
     encoding = _encoding(ds, complevel)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    ds = ds.load()  # dask tasks that read NetCDF would wait for the lock held below
+    with atomic_path(path) as tmp, NETCDF_LOCK:
         ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=encoding)
     log.info("wrote %s (%s, %d time steps)", path, ", ".join(data_variables(ds)), ds.sizes["time"])
     return path
@@ -97,7 +99,9 @@ def open_cf_netcdf(path: str | os.PathLike, *, chunks: Any = None) -> xr.Dataset
         The dataset in data-model layout, validated; missing values are NaN.
     """
     # decode_coords=True (not "all") keeps grid_mapping an attribute, as in the data model.
-    ds = xr.open_dataset(path, decode_coords=True, decode_timedelta=True, chunks=chunks).set_coords("crs")
+    with NETCDF_LOCK:  # later lazy reads take the same lock through xarray
+        ds = xr.open_dataset(path, decode_coords=True, decode_timedelta=True, chunks=chunks,
+                             lock=NETCDF_LOCK).set_coords("crs")
     if FLOW_LABEL in ds.coords:
         label = ds[FLOW_LABEL]
         ds = ds.drop_vars(FLOW_LABEL).assign_coords(flow=("flow", label.values.astype(str), label.attrs))

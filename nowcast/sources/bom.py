@@ -16,6 +16,7 @@ import pandas as pd
 import pyproj
 import xarray as xr
 
+from nowcast.netcdf_lock import NETCDF_LOCK
 from nowcast.sources import SourceError
 from nowcast.sources.common import file_time, radar_dataset, reading
 
@@ -38,7 +39,7 @@ def bom_time(path) -> pd.Timestamp:
 
 
 def _valid_time(path: Path) -> pd.Timestamp:
-    with xr.open_dataset(path) as ds:
+    with NETCDF_LOCK, xr.open_dataset(path, lock=NETCDF_LOCK) as ds:
         return pd.Timestamp(ds["valid_time"].values)
 
 
@@ -51,7 +52,8 @@ def open_bom(path, *, coarsen: int = 1) -> xr.Dataset:
     accumulation by its period (``valid_time - start_time``).
     """
     path = Path(path)
-    with reading(path, "Rainfields NetCDF file"), xr.open_dataset(path, mask_and_scale=True) as ds:
+    with (reading(path, "Rainfields NetCDF file"), NETCDF_LOCK,
+          xr.open_dataset(path, mask_and_scale=True, lock=NETCDF_LOCK) as ds):
         if "precipitation" not in ds or "proj" not in ds:
             raise SourceError(path, "no 'precipitation' variable with a 'proj' grid mapping")
         precip = ds["precipitation"]

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from nowcast.netcdf_lock import NETCDF_LOCK
 from nowcast.products.atomic import atomic_path, write_text_atomic
 from nowcast.schema import SchemaError, data_variables
 from nowcast.verification.align import LEAD, VerificationError
@@ -160,11 +161,11 @@ def write_scores(scores: xr.Dataset, out_dir: str | os.PathLike) -> tuple[pd.Dat
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
     netcdf = out / "scores.nc"
-    ds = scores.copy()
+    ds = scores.copy().load()  # compute before taking the NetCDF lock
     ds.attrs = {k: v for k, v in ds.attrs.items() if v is not None}
     ds.attrs.setdefault("title", "nowcast verification scores by method and lead time")
-    with atomic_path(netcdf) as tmp:
-        ds.to_netcdf(tmp, encoding={LEAD: {"units": "minutes", "dtype": "f8"}})
+    with atomic_path(netcdf) as tmp, NETCDF_LOCK:
+        ds.to_netcdf(tmp, engine="netcdf4", encoding={LEAD: {"units": "minutes", "dtype": "f8"}})
     log.info("wrote %s (%d rows) and %s", csv, len(table), netcdf)
     return table, csv, netcdf
 
