@@ -17,8 +17,8 @@ import errno
 from pathlib import Path
 
 import nowcast  # noqa: F401  (offline defaults before prefect is imported)
+from nowcast import decoding
 from nowcast.ingest import IngestReport, Ingestor
-from nowcast.sources import get_source
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
@@ -29,7 +29,10 @@ TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno
 
 def _transient(task, task_run, state) -> bool:
     """Retry only when the reader failed on an I/O error that may go away."""
-    error = state.result(raise_on_failure=False)
+    return _is_transient(state.result(raise_on_failure=False))
+
+
+def _is_transient(error: BaseException | None) -> bool:
     while error is not None:
         if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
             return True
@@ -40,7 +43,10 @@ def _transient(task, task_run, state) -> bool:
 @task(retries=2, retry_delay_seconds=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def read_file(source: str, path: str | None, options: dict):
     """Decode one file into the data model (the reader's :class:`SourceError` on a bad file)."""
-    return get_source(source).open(path, **options)
+    result = decoding.read_file(source, path, options)
+    if isinstance(result, BaseException) and _is_transient(result):
+        raise result
+    return result
 
 
 def dask_task_runner(address: str | None = None, n_workers: int = 2):

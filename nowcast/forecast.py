@@ -52,6 +52,10 @@ class MissingInputError(ValueError):
         more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
         super().__init__(f"cannot forecast from {reference_time:%Y-%m-%d %H:%M}: the {t_in} input frames "
                          f"every {_minutes(step)} lack {len(missing)} time(s): {shown}{more}")
+        self._args = (reference_time, missing, t_in, step)
+
+    def __reduce__(self):  # picklable across Dask and process workers
+        return (type(self), self._args)
 
 
 def _minutes(step: pd.Timedelta) -> str:

@@ -1,8 +1,8 @@
 """Ingest real files into a nowcast archive: ordered, idempotent, resumable, bounded in memory.
 
 :func:`ingest` reads the files of one source in time order (times come from
-file names or headers, so ordering reads no data), decodes a few at a time on
-a dask thread pool, and appends them to the Zarr archive batch by batch with
+file names or headers, so ordering reads no data), decodes a batch at a time
+in threads or worker processes (:mod:`nowcast.decoding`), and appends them to the Zarr archive batch by batch with
 :func:`nowcast.archive.write` (idempotent, atomic commit marker). A batch is
 about 64 MiB of frames (one frame when a frame is larger), so memory is
 bounded by a couple of batches and the decoding of one, never by the archive.
@@ -32,6 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast import archive
+from nowcast.decoding import decoder, read_file
 from nowcast.grids import Grid
 from nowcast.schema import SchemaError, data_variables, validate
 from nowcast.sources import SourceError, detect, get_reader, get_source
@@ -85,7 +86,8 @@ class Ingestor:
     """Bookkeeping of one ingest: plan the files, take decoded datasets in order, write batches.
 
     Use :meth:`plan`, then :meth:`add` for every planned file in that order
-    (with the dataset or the exception its reader raised), then :meth:`finish`.
+    (with the dataset or the exception from :func:`nowcast.decoding.read_file`),
+    then :meth:`finish`.
     """
 
     def __init__(self, source: str | None, store: str | os.PathLike, *, batch_frames: int | None = None,
@@ -166,18 +168,6 @@ class Ingestor:
             self.report.source = self.source
             check_options(self.source, self.options)
         return list(detected)
-
-    def read(self, path: Path | None) -> xr.Dataset | BaseException:
-        """Decode one planned file (the exception instead of raising it)."""
-        try:
-            return get_source(self.source).open(path, **self.options)
-        except (SourceError, SchemaError, OSError) as err:
-            return err
-        except Exception as err:  # noqa: BLE001 - a reader bug on one file must not stop the archive
-            if self.on_error == "raise":
-                raise
-            log.exception("reader failed on %s", path)
-            return err
 
     def add(self, path: Path | None, result: xr.Dataset | BaseException) -> None:
         """Take the decoded dataset of ``path`` (or its reader's exception); write when a batch is full."""
@@ -306,6 +296,7 @@ def ingest(
     batch_frames: int | None = None,
     on_error: str = "skip",
     workers: int = 2,
+    processes: bool = False,
     **options,
 ) -> IngestReport:
     """Ingest files of ``source`` into the archive ``store``; never aborts on a bad file.
@@ -317,23 +308,23 @@ def ingest(
         store: the Zarr archive (created if absent).
         batch_frames: frames per archive write (default: ~64 MiB of float32).
         on_error: ``"skip"`` (report and go on) or ``"raise"``.
-        workers: threads decoding the files of one batch at once.
+        workers: threads (or processes) decoding the files of one batch at once.
+        processes: decode in spawned worker processes (:class:`nowcast.decoding.ProcessDecoder`):
+            a file whose decoder crashes natively is reported and skipped, the rest of the
+            batch is kept. Threads otherwise (faster to start).
         options: passed to the reader (e.g. ``zr="source"``, ``coarsen=4``,
             ``holidays=...``).
 
     Returns:
         An :class:`IngestReport`.
     """
-    import dask
-
     job = Ingestor(source, store, batch_frames=batch_frames, on_error=on_error, options=options)
     planned = job.plan(paths)
     position = 0
-    while position < len(planned):
-        chunk = planned[position:position + job.files_per_read()]
-        results = dask.compute(*[dask.delayed(job.read)(p) for p in chunk], scheduler="threads",
-                               num_workers=max(1, min(workers, len(chunk))))
-        for path, result in zip(chunk, results):
-            job.add(path, result)
-        position += len(chunk)
+    with decoder(workers, processes) as decode:
+        while position < len(planned):
+            chunk = planned[position:position + job.files_per_read()]
+            for path, result in zip(chunk, decode.map(get_source(job.source), chunk, job.options, on_error == "raise")):
+                job.add(path, result)
+            position += len(chunk)
     return job.finish()

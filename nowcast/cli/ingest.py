@@ -46,6 +46,8 @@ def ingest(
     holidays: Optional[Path] = typer.Option(None, help="Holiday list (YYYYMMDD per line) for traffic files."),
     batch_frames: Optional[int] = typer.Option(None, help="Frames per archive write (default ~64 MiB)."),
     workers: int = typer.Option(2, help="Files decoded at once."),
+    processes: bool = typer.Option(False, "--processes", help="Decode in worker processes: a file that crashes "
+                                   "its decoder (segfault) is reported and skipped instead of ending the ingest."),
     strict: bool = typer.Option(False, help="Stop at the first bad file instead of skipping it."),
 ) -> None:
     """Ingest files of one source into an archive. Bad files are reported and skipped (exit code 1)."""
@@ -73,7 +75,8 @@ def ingest(
     try:
         with console.status(f"ingesting into {out}"):
             report = run_ingest(None if source == "auto" else source, paths, out, batch_frames=batch_frames,
-                                on_error="raise" if strict else "skip", workers=workers, **options)
+                                on_error="raise" if strict else "skip", workers=workers,
+                                processes=processes, **options)
     except (SourceError, ArchiveError, ValueError) as err:
         _fail(str(err))
     console.print(f"[bold]{report.source}[/] -> {report.archive}: {report.frames_added} frames added from "

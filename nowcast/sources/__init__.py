@@ -32,6 +32,9 @@ class SourceError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # picklable: Dask and process workers send it back to the caller
+        return (type(self), (self.path, self.reason))
+
 
 @dataclass(frozen=True)
 class Source:
