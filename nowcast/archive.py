@@ -1,15 +1,30 @@
-"""The archive: data-model sequences in a Zarr store, chunked along time.
+"""The archive: data-model sequences in a Zarr store on a regular time axis.
 
-Writes are idempotent (times already archived are skipped) and atomic for
-readers: a new store is written to a temporary folder and renamed into
-place; an append grows the arrays first and only then moves the store's
-commit marker (the attribute ``nowcast_committed``, a count of time steps).
-Readers see the committed prefix only, so an interrupted append leaves the
-archive as it was, and the next append overwrites the uncommitted tail.
+Layout (format 2). Slot ``k`` of the store holds the frame valid at
+``t0 + k * time_step``, where ``t0`` is the first frame's time taken back by
+whole steps to the start of 1970, so a frame of any later date, earlier or
+later than those archived, has its slot (unwritten chunks cost nothing). The
+data variable is the store's only array along ``time``. Which slots hold a frame is the commit record, one attribute of the
+Zarr group (``nowcast_archive``: ``t0``, ``slots``, and the ``present`` slot
+ranges), written in one atomic file replace. So:
+
+* A late frame goes into its own slot (a region write); gaps stay gaps until
+  filled; re-writing a frame already present is a no-op.
+* Crash-safe at every store write: a write grows the array, writes its
+  frames' chunks (each an atomic file replace) and only then commits. A crash
+  before the commit leaves frames no reader sees; the next write overwrites
+  them. Readers build the time axis from the record, so a longer array than
+  the record says is harmless, and there is no second time array to tear.
+* One writer at a time: every write holds an inter-process lock (``filelock``
+  on ``<store>.lock`` beside the store), waiting at most ``lock_timeout``
+  seconds before a clear :class:`ArchiveLocked` error. Readers need no lock.
+* A new store is written to a temporary folder and renamed into place;
+  leftovers of a killed creation are removed by the next write.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -20,20 +35,27 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from filelock import FileLock, Timeout
 
 from nowcast.grids import Grid
-from nowcast.schema import SchemaError, data_variables, validate
+from nowcast.products.atomic import write_text_atomic
+from nowcast.schema import SchemaError, data_variables, time_step, validate
 
 log = logging.getLogger(__name__)
 
-COMMITTED = "nowcast_committed"
+RECORD = "nowcast_archive"
+FORMAT = 2
 TARGET_CHUNK_BYTES = 4 * 2**20
-TIME_ENCODING = {"units": "seconds since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian",
-                 "dtype": "int64"}
+LOCK_TIMEOUT = 600.0
+EPOCH = pd.Timestamp("1970-01-01")
 
 
 class ArchiveError(RuntimeError):
     """The archive cannot take or give what was asked (names the store and why)."""
+
+
+class ArchiveLocked(ArchiveError):
+    """Another writer held the archive's lock for longer than the timeout."""
 
 
 def time_chunk(ds: xr.Dataset) -> int:
@@ -42,116 +64,234 @@ def time_chunk(ds: xr.Dataset) -> int:
     return int(max(1, min(2048, TARGET_CHUNK_BYTES // max(frame_bytes, 1))))
 
 
-def _encoding(ds: xr.Dataset) -> dict:
-    chunk = time_chunk(ds)
-    enc: dict = {"time": dict(TIME_ENCODING)}
-    for name in data_variables(ds):
-        var = ds[name]
-        enc[name] = {"dtype": "float32", "chunks": (chunk,) + tuple(var.shape[1:]), "_FillValue": np.nan}
-    for name in ("x", "y", "lat", "lon"):
-        enc[name] = {"_FillValue": None}
-    return enc
+# -- the commit record ---------------------------------------------------------------------------------------
+
+def _record(store: Path) -> dict:
+    attrs = zarr.open_group(str(store), mode="r").attrs
+    if RECORD not in attrs:
+        if "nowcast_committed" in attrs:
+            raise ArchiveError(f"{store}: written by an older nowcast (archive format 1, no regular time axis); "
+                               "re-ingest its source files into a new archive")
+        raise ArchiveError(f"{store}: no commit record ({RECORD!r} attribute)")
+    return dict(attrs[RECORD])
 
 
-def _committed(store: Path) -> int:
-    return int(zarr.open_group(str(store), mode="r").attrs[COMMITTED])
+def _present(record: dict) -> np.ndarray:
+    """Indices of the slots that hold a frame, ascending."""
+    ranges = record["present"]
+    return np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, np.int64)
 
+
+def _ranges(slots: np.ndarray) -> list[list[int]]:
+    """Sorted unique slot indices as ``[start, stop)`` ranges (compact for long archives)."""
+    if slots.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+    return [[int(run[0]), int(run[-1]) + 1] for run in np.split(slots, breaks)]
+
+
+def _slot_times(record: dict, slots: np.ndarray) -> pd.DatetimeIndex:
+    t0, step = pd.Timestamp(record["t0"]), pd.Timedelta(record["step"])
+    return pd.DatetimeIndex(t0.value + slots.astype(np.int64) * step.value).as_unit("ns")
+
+
+def _slots_of(record: dict, times: pd.DatetimeIndex, store: Path) -> np.ndarray:
+    """Slot index of each time; refuses times off the regular axis or before its start."""
+    t0, step = pd.Timestamp(record["t0"]), pd.Timedelta(record["step"])
+    offset = times.as_unit("ns").asi8 - t0.value
+    off_axis = offset % step.value != 0
+    if off_axis.any():
+        raise ArchiveError(f"{store}: time {times[off_axis][0]} is not on the archive's regular axis "
+                           f"({t0} + k x {step}); the source's time step must match")
+    if (offset < 0).any():
+        raise ArchiveError(f"{store}: time {times[offset < 0][0]} is before 1970, the archive's first slot {t0}")
+    return (offset // step.value).astype(np.int64)
+
+
+# -- reading -------------------------------------------------------------------------------------------------
 
 def exists(store: str | os.PathLike) -> bool:
-    """True if ``store`` holds a committed nowcast archive."""
+    """True if ``store`` holds a nowcast archive (of any format)."""
     try:
-        _committed(Path(store))
-        return True
+        attrs = zarr.open_group(str(store), mode="r").attrs
+        return RECORD in attrs or "nowcast_committed" in attrs
     except Exception:  # noqa: BLE001 - any unreadable store is "not an archive"
         return False
 
 
-def open_archive(store: str | os.PathLike, *, validate_model: bool = True) -> xr.Dataset:
-    """Open the committed part of an archive lazily (dask arrays, chunked along time)."""
+def open_archive(store: str | os.PathLike, *, validate_model: bool = True, chunks: str | None = "stored"
+                 ) -> xr.Dataset:
+    """Open the committed frames of an archive lazily, in time order (gaps are absent times).
+
+    Args:
+        store: the Zarr folder.
+        validate_model: check the data model.
+        chunks: ``"stored"`` gives dask arrays of as many frames a chunk as stored; None gives
+            xarray's lazy backend arrays, so indexing one window reads only the chunks it hits.
+    """
     store = Path(store)
     if not store.exists():
         raise ArchiveError(f"{store}: no such archive")
     try:
-        n = _committed(store)
+        record = _record(store)
+    except ArchiveError:
+        raise
     except Exception as err:  # noqa: BLE001 - report any store damage the same way
         raise ArchiveError(f"{store}: not a nowcast archive ({err})") from err
-    ds = xr.open_zarr(store, consolidated=False).isel(time=slice(0, n))
-    ds.attrs.pop(COMMITTED, None)
+    slots = _present(record)
+    # Lazily indexed first, dask after: a dask graph over every slot since 1970 would be huge.
+    ds = xr.open_zarr(store, consolidated=False, chunks=None)
+    ds = ds.isel(time=slots).assign_coords(time=("time", _slot_times(record, slots), record["time_attrs"]))
+    if chunks is not None:
+        variable = data_variables(ds)[0]
+        ds = ds.chunk({"time": ds[variable].encoding.get("chunks", (time_chunk(ds),))[0]})
+    ds.attrs.pop(RECORD, None)
     return validate(ds) if validate_model else ds
 
 
-def write(ds: xr.Dataset, store: str | os.PathLike) -> int:
-    """Write or append ``ds`` to the archive at ``store``; return frames added.
+def times(store: str | os.PathLike) -> pd.DatetimeIndex:
+    """Committed times of an archive (cheap: reads the commit record only)."""
+    record = _record(Path(store))
+    return _slot_times(record, _present(record))
 
-    Times already in the archive are skipped (re-writing is a no-op). New
-    times must come after the archive's last time. The grid (CRS, shape,
-    coordinates) and variables must match the archive's.
+
+# -- writing -------------------------------------------------------------------------------------------------
+
+def lock(store: str | os.PathLike, timeout: float = LOCK_TIMEOUT) -> FileLock:
+    """The archive's inter-process writer lock (``<store>.lock`` beside it), as a context manager."""
+    store = Path(store)
+    return FileLock(str(store.with_name(store.name + ".lock")), timeout=timeout)
+
+
+def write(ds: xr.Dataset, store: str | os.PathLike, *, lock_timeout: float = LOCK_TIMEOUT) -> int:
+    """Write the frames of ``ds`` into their slots of the archive at ``store``; return frames added.
+
+    Frames already present are skipped (re-writing is a no-op); a frame
+    earlier than the newest one fills its own slot. The grid (CRS, shape,
+    coordinates), variable and time step must match the archive's.
 
     Raises:
-        ArchiveError: on a grid/variable mismatch or out-of-order times.
+        ArchiveError: on a grid, variable or time-axis mismatch.
+        ArchiveLocked: another writer kept the lock for ``lock_timeout`` seconds.
     """
     validate(ds, forecast=False)
     store = Path(store)
-    if not ds.indexes["time"].is_monotonic_increasing:  # sortby copies every frame
-        ds = ds.sortby("time")
-    if not exists(store):
-        if store.exists():
-            raise ArchiveError(f"{store}: exists but is not a nowcast archive; refusing to overwrite")
-        _create(ds, store)
-        return ds.sizes["time"]
-    return _append(ds, store)
+    try:
+        with lock(store, lock_timeout):
+            _clean_leftovers(store)
+            if not exists(store):
+                if store.exists():
+                    raise ArchiveError(f"{store}: exists but is not a nowcast archive; refusing to overwrite")
+                return _create(ds, store)
+            return _fill(ds, store)
+    except Timeout:
+        raise ArchiveLocked(f"{store}: another writer has held its lock ({store.name}.lock) for more than "
+                            f"{lock_timeout:g} s; try again when it has finished") from None
 
 
-def _create(ds: xr.Dataset, store: Path) -> None:
+def _clean_leftovers(store: Path) -> None:
+    """Remove temporary folders of creations that were killed (only a lock holder creates)."""
+    for leftover in store.parent.glob(f".{store.name}.tmp-*"):
+        log.warning("removing %s, left by an archive creation that did not finish", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _create(ds: xr.Dataset, store: Path) -> int:
+    variable = data_variables(ds)[0]
+    if len(data_variables(ds)) != 1:
+        raise ArchiveError(f"{store}: an archive holds one variable, got {data_variables(ds)}")
+    step, first = time_step(ds), pd.Timestamp(ds["time"].values.min())
+    origin = first - ((first - EPOCH) // step) * step
+    record = {"format": FORMAT, "t0": str(origin), "step": str(step),
+              "slots": 0, "present": [], "time_attrs": dict(ds["time"].attrs)}
+    slots = _slots_of(record, pd.DatetimeIndex(ds["time"].values), store)
     tmp = store.with_name(f".{store.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        out = ds.copy()
-        out.attrs[COMMITTED] = ds.sizes["time"]
-        out.to_zarr(tmp, mode="w", encoding=_encoding(ds), consolidated=False, zarr_format=2)
+        _skeleton(ds, variable).to_zarr(tmp, mode="w", compute=False, consolidated=False,
+                                                               zarr_format=2, encoding=_encoding(ds, variable))
+        group = zarr.open_group(str(tmp), mode="r+")
+        added = _write_slots(ds, variable, group, record, slots, tmp)
         tmp.rename(store)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("created archive %s with %d frames", store, ds.sizes["time"])
+    log.info("created archive %s with %d frames", store, added)
+    return added
 
 
-def _append(ds: xr.Dataset, store: Path) -> int:
+def _skeleton(ds: xr.Dataset, variable: str) -> xr.Dataset:
+    """The store's layout: coordinates and attributes as in ``ds``, the variable a lazy one-slot
+    placeholder (never written; :func:`_write_slots` resizes the array to the slots it needs)."""
+    import dask.array as da
+
+    var = ds[variable]
+    empty = da.full((1,) + var.shape[1:], np.nan, dtype="f4", chunks=(1,) + var.shape[1:])
+    out = ds.drop_vars([variable, "time"]).drop_dims("time", errors="ignore")
+    out[variable] = xr.DataArray(empty, dims=var.dims, attrs=var.attrs)
+    return out
+
+
+def _encoding(ds: xr.Dataset, variable: str) -> dict:
+    var = ds[variable]
+    enc: dict = {variable: {"dtype": "float32", "chunks": (time_chunk(ds),) + tuple(var.shape[1:]),
+                            "_FillValue": np.nan}}
+    for name in ("x", "y", "lat", "lon"):
+        if name in ds.variables:
+            enc[name] = {"_FillValue": None}
+    return enc
+
+
+def _fill(ds: xr.Dataset, store: Path) -> int:
     current = open_archive(store, validate_model=False)
     problem = Grid.of(current).same_as(Grid.of(ds))
     if problem:
-        raise ArchiveError(f"{store}: refusing data on another grid: {problem}; "
-                           "regrid it first (nowcast regrid)")
+        raise ArchiveError(f"{store}: refusing data on another grid: {problem}; regrid it first (nowcast regrid)")
     if set(data_variables(ds)) != set(data_variables(current)):
         raise ArchiveError(f"{store}: variables {data_variables(ds)} differ from the archive's "
                            f"{data_variables(current)}")
-    have = pd.DatetimeIndex(current["time"].values)
-    archived = pd.DatetimeIndex(ds["time"].values).isin(have)
-    new = ds.sel(time=~archived) if archived.any() else ds  # sel copies every frame
-    if new.sizes["time"] == 0:
-        return 0
-    first_new = pd.Timestamp(new["time"].values[0])
-    if len(have) and first_new <= have[-1]:
-        raise ArchiveError(f"{store}: cannot insert {first_new} before the archive's last time {have[-1]}; "
-                           "write times in order or into a new archive")
-    n = len(have)
+    if time_step(ds) != time_step(current):
+        raise ArchiveError(f"{store}: time step {time_step(ds)} differs from the archive's {time_step(current)}")
     group = zarr.open_group(str(store), mode="r+")
-    for name, arr in group.arrays():
-        if name in current.variables and "time" in current[name].dims and arr.shape[0] != n:
-            arr.resize((n,) + arr.shape[1:])
-    out = new.drop_vars([v for v in ("lat", "lon", "crs", "x", "y", "flow") if v in new.variables])
-    # to_zarr(append_dim=...) replaces the group's attributes before writing
-    # data: hand it the current ones (old commit marker included), or a crash
-    # during the append would leave a store without its marker.
-    out.attrs = dict(group.attrs)
-    out.to_zarr(store, append_dim="time", consolidated=False)
-    group.attrs[COMMITTED] = n + new.sizes["time"]
-    log.info("appended %d frames to %s", new.sizes["time"], store)
-    return new.sizes["time"]
+    record = _record(store)
+    slots = _slots_of(record, pd.DatetimeIndex(ds["time"].values), store)
+    return _write_slots(ds, data_variables(ds)[0], group, record, slots, store)
 
 
-def times(store: str | os.PathLike) -> pd.DatetimeIndex:
-    """Committed times of an archive (cheap: reads the time coordinate only)."""
-    return pd.DatetimeIndex(open_archive(store, validate_model=False)["time"].values)
+def _write_slots(ds: xr.Dataset, variable: str, group: zarr.Group, record: dict, slots: np.ndarray,
+                 store: Path) -> int:
+    """Write the frames of ``ds`` not yet present into ``slots``, then commit them (the last store write)."""
+    present = _present(record)
+    new = ~np.isin(slots, present)
+    if not new.any():
+        return 0
+    array = group[variable]
+    needed = int(slots.max()) + 1
+    if array.shape[0] < needed:
+        array.resize((needed,) + array.shape[1:])
+    values = ds[variable].transpose(*array.attrs["_ARRAY_DIMENSIONS"]).values.astype("f4", copy=False)
+    _write_regions(array, slots[new], values[new])
+    _commit(store, dict(record, slots=max(record["slots"], needed), present=_ranges(np.union1d(present, slots[new]))))
+    log.info("wrote %d frames into %s", int(new.sum()), store)
+    return int(new.sum())
 
 
-__all__ = ["ArchiveError", "SchemaError", "exists", "open_archive", "write", "times", "time_chunk"]
+def _commit(store: Path, record: dict) -> None:
+    """Store the commit record: one atomic replace of the group's ``.zattrs`` (zarr itself would also
+    rewrite ``.zgroup`` alongside, two writes instead of one)."""
+    path = store / ".zattrs"
+    attrs = json.loads(path.read_text()) if path.exists() else {}
+    attrs[RECORD] = record
+    write_text_atomic(path, json.dumps(attrs, indent=2))
+
+
+def _write_regions(array: zarr.Array, slots: np.ndarray, values: np.ndarray) -> None:
+    """Write frames into their slots, one contiguous run of slots at a time (whole chunks where possible)."""
+    order = np.argsort(slots)
+    slots, values = slots[order], values[order]
+    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+    for run_slots, run_values in zip(np.split(slots, breaks), np.split(values, breaks)):
+        array[int(run_slots[0]):int(run_slots[-1]) + 1] = run_values
+
+
+__all__ = ["ArchiveError", "ArchiveLocked", "SchemaError", "exists", "open_archive", "write", "times",
+           "time_chunk", "lock"]

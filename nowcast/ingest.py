@@ -3,7 +3,8 @@
 :func:`ingest` reads the files of one source in time order (times come from
 file names or headers, so ordering reads no data), decodes a batch at a time
 in threads or worker processes (:mod:`nowcast.decoding`), and appends them to the Zarr archive batch by batch with
-:func:`nowcast.archive.write` (idempotent, atomic commit marker). A batch is
+:func:`nowcast.archive.write` (idempotent, crash-safe, one writer at a time;
+a frame that arrives late fills its own slot). A batch is
 about 64 MiB of frames (one frame when a frame is larger), so memory is
 bounded by a couple of batches and the decoding of one, never by the archive.
 
@@ -11,7 +12,7 @@ Bad input never aborts an ingest: a file that is missing, empty, truncated,
 corrupt, on another grid or CRS, or of another variable is reported (file
 name and reason) and skipped; the rest is written. Files whose time is
 already archived are not read again, so re-running is a no-op and an
-interrupted run resumes where the archive's commit marker stopped.
+interrupted run resumes from the archive's last commit.
 
 :class:`Ingestor` holds the bookkeeping so that the Prefect flow
 (``flows/ingest.py``) can read files on a Dask cluster and write them here.
@@ -110,7 +111,7 @@ class Ingestor:
         if archive.exists(self.store):
             current = archive.open_archive(self.store, validate_model=False)
             self._grid, self._variable = Grid.of(current), data_variables(current)[0]
-            self._have = pd.DatetimeIndex(current["time"].values)
+            self._have = archive.times(self.store)
         if self.source:
             check_options(self.source, self.options)
 
@@ -186,16 +187,7 @@ class Ingestor:
             self.skip(label, problem)
             return
         times = pd.DatetimeIndex(result["time"].values)
-        last = self._last_time()
-        new = ~times.isin(self._have) & ~times.isin(self._pending_times())
-        late = new & (times <= last) if last is not None else np.zeros(times.size, bool)
-        if late.all():
-            self.skip(label, f"{'all its times are' if times.size > 1 else 'its time is'} before the archive's "
-                             f"last time {last} and cannot be inserted; ingest it into a new archive")
-            return
-        if late.any():
-            log.warning("%s: %d frames before the archive's last time %s left out", label, int(late.sum()), last)
-        keep = new & ~late
+        keep = ~times.isin(self._have) & ~times.isin(self._pending_times())
         if not keep.any():
             self.report.unchanged.append(label)
             return
@@ -240,11 +232,6 @@ class Ingestor:
             return pd.DatetimeIndex([])
         return pd.DatetimeIndex(np.concatenate([ds["time"].values for _, ds in self._pending]))
 
-    def _last_time(self) -> pd.Timestamp | None:
-        pending = self._pending_times()
-        candidates = [t.max() for t in (self._have, pending) if len(t)]
-        return max(candidates) if candidates else None
-
     def flush(self) -> None:
         """Write the pending frames to the archive (in batches of the batch size)."""
         if not self._pending:
@@ -252,12 +239,14 @@ class Ingestor:
         batch, self._pending = self._pending, []
         combined = batch[0][1] if len(batch) == 1 else xr.concat(
             [ds for _, ds in batch], dim="time", data_vars="minimal", coords="minimal", compat="override",
-            join="override", combine_attrs="override")
+            join="override", combine_attrs="override").sortby("time")  # late frames may come after later ones
         size = self._batch_size(combined)
         try:
             for start in range(0, combined.sizes["time"], size):
                 self.report.frames_added += archive.write(combined.isel(time=slice(start, start + size)),
                                                           self.store)
+        except archive.ArchiveLocked:
+            raise
         except archive.ArchiveError as err:
             for label, _ in batch:
                 self.skip(label, str(err))

@@ -51,8 +51,7 @@ def open_frames(source: str | os.PathLike | xr.Dataset, variable: str | None = N
         return ds[variable], ds
     ds = archive.open_archive(source)
     variable = variable or data_variables(ds)[0]
-    lazy = xr.open_zarr(source, consolidated=False, chunks=None)[variable]
-    return lazy.isel(time=slice(0, ds.sizes["time"])), ds
+    return archive.open_archive(source, validate_model=False, chunks=None)[variable], ds
 
 
 def gapless_starts(times: Sequence, length: int, step: pd.Timedelta) -> np.ndarray:

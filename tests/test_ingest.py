@@ -100,17 +100,15 @@ def test_interrupted_ingest_resumes_without_loss(shared_data, tmp_path, monkeypa
     ingest("knmi", files, clean, batch_frames=2)
     store = tmp_path / "a.zarr"
     calls = {"n": 0}
-    original = xr.Dataset.to_zarr
+    original = archive._commit
 
-    def crash_on_second_append(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
-        if kwargs.get("append_dim"):
-            calls["n"] += 1
-            if calls["n"] == 1:  # data written, commit marker not yet moved: the process dies
-                raise KeyboardInterrupt
-        return result
+    def crash_on_second_commit(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # second batch written, not committed: the process dies
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(xr.Dataset, "to_zarr", crash_on_second_append)
+    monkeypatch.setattr(archive, "_commit", crash_on_second_commit)
     with pytest.raises(KeyboardInterrupt):
         ingest("knmi", files, store, batch_frames=2)
     monkeypatch.undo()
@@ -121,12 +119,14 @@ def test_interrupted_ingest_resumes_without_loss(shared_data, tmp_path, monkeypa
     xr.testing.assert_identical(archive.open_archive(store).load(), archive.open_archive(clean).load())
 
 
-def test_files_before_the_archive_end_and_of_another_variable_are_refused(shared_data, tmp_path):
+def test_late_files_fill_their_slots_and_another_variable_is_refused(shared_data, tmp_path):
     files = first_files(shared_data, "radar/fmi/pgm/20160928", 4, "fmi")
-    store = tmp_path / "a.zarr"
+    store, clean = tmp_path / "a.zarr", tmp_path / "clean.zarr"
     ingest("fmi", files[2:], store, zr="source")
-    report = ingest("fmi", files[:2], store, zr="source")
-    assert report.frames_added == 0 and all("before the archive's last time" in r for _, r in report.skipped)
+    report = ingest("fmi", files[:2], store, zr="source")   # arrive after later frames
+    assert report.ok and report.frames_added == 2
+    ingest("fmi", files, clean, zr="source")
+    xr.testing.assert_identical(archive.open_archive(store).load(), archive.open_archive(clean).load())
     later = first_files(shared_data, "radar/fmi/pgm/20160928", 5, "fmi")[4:]
     report = ingest("fmi", later, store)  # no Z-R: reflectivity into a rain-rate archive
     assert "variable 'reflectivity' differs" in report.skipped[0][1] and "zr" in report.skipped[0][1]
