@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Domains up to this many cells run whole; larger ones are tiled (all presets are fully convolutional).
 MAX_WHOLE_CELLS = 512 * 512
-#: The domain (and tiles) are padded to a multiple of this, which every preset's down-sampling divides.
-SIZE_MULTIPLE = 16
 TILE_BATCH = 8
 
 
@@ -212,27 +210,29 @@ def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads:
             device: str | torch.device = "cpu", tile: int | None = None, overlap: int | None = None) -> np.ndarray:
     """Physical ``[T_in, C, H, W]`` → physical ``[n_leads, C, H, W]`` through ``model``.
 
-    The scaled input is edge-padded to a multiple of :data:`SIZE_MULTIPLE`;
-    with ``tile`` set the model runs on overlapping tiles whose outputs are
-    averaged with weights that taper linearly over the overlap (no seams).
+    The scaled input is edge-padded only up to the model's ``size_multiple``
+    (:func:`nowcast.models.run_padded`, as in training); with ``tile`` set the
+    model runs on overlapping tiles whose outputs are averaged with weights
+    that taper linearly over the overlap (no seams).
     """
     _, _, height, width = frames.shape
-    x = transform.forward(frames)
-    pad_h, pad_w = (-height) % SIZE_MULTIPLE, (-width) % SIZE_MULTIPLE
-    x = np.pad(x, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-    x = torch.from_numpy(x)[None].to(device)
+    multiple = model.size_multiple
+    x = torch.from_numpy(transform.forward(frames))[None].to(device)
     model.eval()
     if tile is None:
-        y = model(x, t_out=n_leads)[0]
+        y = models.run_padded(model, x, multiple, n_leads)[0]
     else:
-        y = _tiled(model, x, n_leads, tile, overlap)
-    return transform.inverse(y.float().cpu().numpy()[..., :height, :width])
+        y = _tiled(model, models.pad_to_multiple(x, multiple), n_leads, tile, overlap,
+                   multiple)[..., :height, :width]
+    return transform.inverse(y.float().cpu().numpy())
 
 
-def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None) -> torch.Tensor:
-    """Run ``model`` on overlapping tiles of ``x: [1, T, C, H, W]`` and blend them."""
+def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None,
+           multiple: int) -> torch.Tensor:
+    """Run ``model`` on overlapping tiles (``tile`` rounded up to ``multiple``) of ``x: [1, T, C, H, W]``
+    and blend them."""
     _, _, c, h, w = x.shape
-    tile = int(math.ceil(tile / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    tile = int(math.ceil(tile / multiple) * multiple)
     th, tw = min(tile, h), min(tile, w)
     overlap = tile // 4 if overlap is None else int(overlap)
     if not 0 <= overlap < min(th, tw):

@@ -400,7 +400,8 @@ class _Trainer:
                 x, y = self._batch(x, y)
                 ratio = models.scheduled_sampling_ratio(self.step, self.total_steps) if cfg.scheduled_sampling else 0.0
                 with self._autocast():
-                    pred = self.net(x, target=y if ratio > 0 else None, sampling_ratio=ratio)
+                    pred = models.run_padded(self.net, x, self.model.size_multiple,
+                                             target=y if ratio > 0 else None, sampling_ratio=ratio)
                     loss = self.loss_fn(pred, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training diverged at step {self.step} (loss {loss.item()}); "
@@ -445,7 +446,7 @@ class _Trainer:
         for x, y in self.val_loader:
             x, y = self._batch(x, y)
             with self._autocast():
-                pred = self.model(x)
+                pred = models.run_padded(self.model, x, self.model.size_multiple)
             loss_sum += self.loss_fn(pred, y).item() * len(x)
             mse_sum += models.mse(pred, y).item() * len(x)
             count += len(x)

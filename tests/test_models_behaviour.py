@@ -121,6 +121,30 @@ def test_direct_models_check_their_input(name):
         model(torch.rand(1, 4, 1, 30, 30))
 
 
+@pytest.mark.parametrize("name", sorted(models.PRESETS))
+def test_size_multiple_is_the_presets_own_down_sampling(name):
+    with torch.device("meta"):
+        model = build(name)
+    preset = models.PRESETS[name]
+    assert model.size_multiple <= 4
+    assert preset.height % model.size_multiple == 0 and preset.width % model.size_multiple == 0
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_run_padded_edge_pads_to_the_multiple_and_crops(name):
+    model = tiny(name).eval()
+    x, target = torch.rand(1, 4, 1, 14, 10), torch.rand(1, 4, 1, 14, 10)
+    padded = models.pad_to_multiple(x, 4)
+    assert padded.shape[-2:] == (16, 12)
+    torch.testing.assert_close(padded[..., 14:, :10], x[..., 13:, :].expand(-1, -1, -1, 2, -1))
+    torch.testing.assert_close(padded[..., :14, 10:], x[..., :, 9:].expand(-1, -1, -1, -1, 2))
+    assert models.pad_to_multiple(padded, 4) is padded
+    with torch.no_grad():
+        torch.testing.assert_close(models.run_padded(model, x, 4, 3), model(padded, 3)[..., :14, :10])
+        forced = models.run_padded(model, x, 4, target=target, sampling_ratio=1.0)
+    assert forced.shape == (1, 4, 1, 14, 10)
+
+
 def test_scheduled_sampling_ratio_is_linear():
     assert scheduled_sampling_ratio(0, 100) == 1.0
     assert scheduled_sampling_ratio(25, 100) == 0.75

@@ -134,6 +134,14 @@ def test_mslstm_trains_with_scheduled_sampling(store, tmp_path, monkeypatch):
     assert load_checkpoint(result.last_checkpoint)["config"]["schedule"] == "constant"
 
 
+def test_domain_off_the_size_multiple_is_padded_as_in_forecasting(tmp_path):
+    obs = synthetic_radar(64, size=16, seed=1).isel(y=slice(0, 14), x=slice(0, 10))
+    result = train(obs, "tau-tiny", tmp_path / "odd", epochs=1, steps_per_epoch=1, batch_size=2,
+                   fractions=(0.8, 0.2, 0.0), progress=False)
+    assert load_checkpoint(result.last_checkpoint)["data"]["patch"] == [14, 10]
+    assert np.isfinite(result.history[0]["val_loss"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
 def test_torchrun_two_processes_use_ddp(store, tmp_path):

@@ -12,7 +12,7 @@ only MS-LSTM uses ``target``/``sampling_ratio`` (scheduled sampling, see
 :func:`scheduled_sampling_ratio`).
 """
 
-from .base import DirectModel, SequenceModel
+from .base import DirectModel, SequenceModel, pad_to_multiple, run_padded
 from .losses import differential_divergence, l1_l2_per_frame, mse, tau_loss
 from .mslstm import MSLSTM, MKLSTMCell, scheduled_sampling_ratio
 from .registry import (
@@ -34,5 +34,6 @@ __all__ = [
     "FAMILIES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
     "STLight", "SequenceModel", "DirectModel", "TAU", "TAUBlock", "TrainingDefaults", "build",
     "differential_divergence", "family_of", "l1_l2_per_frame", "list_presets", "mse",
-    "paper_loss", "parameter_count", "scheduled_sampling_ratio", "tau_loss",
+    "pad_to_multiple", "paper_loss", "parameter_count", "run_padded", "scheduled_sampling_ratio",
+    "tau_loss",
 ]

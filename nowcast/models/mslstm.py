@@ -78,6 +78,10 @@ class MSLSTM(SequenceModel):
         self.cells = nn.ModuleList([MKLSTMCell(hidden, hidden) for _ in LEVELS])
         self.readout = nn.Conv2d(hidden, in_channels, 1)
 
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** max(LEVELS)
+
     def initial_state(self, x: torch.Tensor) -> list[State]:
         """Zero states for a batch like ``x: [B, T, C, H, W]``, one per cell."""
         b, _, _, h, w = x.shape
@@ -118,8 +122,9 @@ class MSLSTM(SequenceModel):
         probability ``sampling_ratio`` (one Bernoulli draw per sample and step).
         """
         self._check_input(x, fixed_length=False)
-        if x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ValueError(f"MS-LSTM needs H and W divisible by 4, got {tuple(x.shape[-2:])}")
+        if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
+            raise ValueError(f"MS-LSTM needs H and W divisible by {self.size_multiple}, "
+                             f"got {tuple(x.shape[-2:])}")
         t_out = self.t_out if t_out is None else int(t_out)
         t_in = x.shape[1]
         teacher = target is not None and not (

@@ -62,6 +62,10 @@ class STLight(DirectModel):
                 nn.init.kaiming_normal_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @property
+    def size_multiple(self) -> int:
+        return self.patch
+
     def predict_block(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c, h, w = x.shape
         if h % self.patch or w % self.patch:

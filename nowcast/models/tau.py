@@ -209,6 +209,10 @@ class TAU(DirectModel):
         ])
         self.decoder = Decoder(hid_s, in_channels, n_s)
 
+    @property
+    def size_multiple(self) -> int:
+        return self.scale
+
     def predict_block(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c, h, w = x.shape
         if h % self.scale or w % self.scale:
