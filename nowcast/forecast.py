@@ -3,7 +3,8 @@
 :func:`forecast` takes the last ``T_in`` frames at or before the issue time,
 scales them with the transform stored in the checkpoint, runs the network
 (on the whole domain, or on overlapping tiles blended with tapered weights
-when the domain is large), inverts the transform and wraps the fields with
+when the domain is large), inverts the transform, masks the cells without
+coverage (NaN in any input frame) and wraps the fields with
 :func:`nowcast.schema.make_forecast` on the observations' grid and CRS.
 :func:`forecast_with_baselines` adds Eulerian persistence and Lagrangian
 extrapolation (historical average for crowd flows) issued from the same
@@ -176,7 +177,8 @@ def forecast(
 
     Returns:
         forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``
-        and ``checkpoint``), lead ``k`` valid at ``at + k · time_step``.
+        and ``checkpoint``), lead ``k`` valid at ``at + k · time_step``; NaN
+        where any input frame is NaN (no coverage).
 
     Raises:
         MissingInputError: when input frames are missing (names them).
@@ -213,7 +215,9 @@ def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads:
     The scaled input is edge-padded only up to the model's ``size_multiple``
     (:func:`nowcast.models.run_padded`, as in training); with ``tile`` set the
     model runs on overlapping tiles whose outputs are averaged with weights
-    that taper linearly over the overlap (no seams).
+    that taper linearly over the overlap (no seams). Cells that are NaN (no
+    coverage) in any input frame are NaN in every lead: the network saw a
+    made-up 0 there, so its output is no forecast.
     """
     _, _, height, width = frames.shape
     multiple = model.size_multiple
@@ -224,7 +228,9 @@ def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads:
     else:
         y = _tiled(model, models.pad_to_multiple(x, multiple), n_leads, tile, overlap,
                    multiple)[..., :height, :width]
-    return transform.inverse(y.float().cpu().numpy())
+    fields = transform.inverse(y.float().cpu().numpy())
+    fields[:, np.isnan(frames).any(axis=0)] = np.nan
+    return fields
 
 
 def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None,

@@ -140,6 +140,18 @@ def test_forecast_pads_only_to_the_model_multiple(name, height, width, padded):
     np.testing.assert_allclose(out["rainrate"].values, DBR().inverse(direct), rtol=1e-5, atol=1e-6)
 
 
+def test_forecast_is_nan_where_any_input_frame_has_no_coverage():
+    torch.manual_seed(0)
+    model = models.build("stlight-tiny").eval()
+    obs = synthetic_radar(model.t_in, size=16, seed=2).load()
+    obs["rainrate"][:, :, :3] = np.nan  # outside the radar's range in every frame
+    obs["rainrate"][2, 5, 7] = np.nan  # one cell missing in one earlier frame
+    out = fc.forecast(obs, (model, DBR(), {"preset": "stlight-tiny"}), n_leads=3)["rainrate"].values
+    gaps = np.zeros((16, 16), bool)
+    gaps[:, :3] = gaps[5, 7] = True
+    assert np.isnan(out[:, gaps]).all() and np.isfinite(out[:, ~gaps]).all()
+
+
 def test_forecast_with_baselines_share_the_issue_time(store, run):
     obs = archive.open_archive(store)
     out = fc.forecast_with_baselines(obs, [run], at=ISSUE, n_leads=4)
