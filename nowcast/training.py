@@ -197,7 +197,8 @@ def train(
         val_samples: validate on at most this many samples, evenly spaced over
             the validation split and the same every epoch (None: all of them).
         fractions, block: time-block split (see :func:`nowcast.windows.split_windows`).
-        transform: scaler kind (default by variable: dBR for rain, min–max for flows).
+        transform: scaler kind (default by variable, :data:`nowcast.transforms.DEFAULT_KIND`:
+            dBR for rain rate, log1p up to the training split's 99.9 % quantile for crowd flow).
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
