@@ -145,6 +145,17 @@ def test_run_padded_edge_pads_to_the_multiple_and_crops(name):
     assert forced.shape == (1, 4, 1, 14, 10)
 
 
+def test_stlight_init_is_fan_out_on_encoder_and_mixers_default_on_readout():
+    torch.manual_seed(0)
+    model = build("stlight-tiny", dim=256)
+    mixer = model.mixers[0]
+    for conv in (mixer.spatial[0], mixer.spatial[1], mixer.channel[0], model.encoder[0]):
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]  # torch's, groups ignored
+        assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+    readout = model.readout.weight  # PyTorch default: uniform within 1 / sqrt(fan_in)
+    assert readout.abs().max().item() <= readout.shape[1] ** -0.5
+
+
 def test_scheduled_sampling_ratio_is_linear():
     assert scheduled_sampling_ratio(0, 100) == 1.0
     assert scheduled_sampling_ratio(25, 100) == 0.75
