@@ -156,6 +156,20 @@ def test_stlight_init_is_fan_out_on_encoder_and_mixers_default_on_readout():
     assert readout.abs().max().item() <= readout.shape[1] ** -0.5
 
 
+def test_tau_attention_keeps_the_default_init_mlp_is_fan_out():
+    torch.manual_seed(0)
+    block = models.TAUBlock(64, 64, mlp_ratio=4.0, drop_path=0.0)
+    for conv in (block.mlp.fc1, block.mlp.dw, block.mlp.fc2):
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1] // conv.groups
+        assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+    attention = [m for m in block.attn.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(attention) == 7
+    for layer in attention:  # kaiming_uniform_(a=sqrt(5)): uniform within 1 / sqrt(fan_in)
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.abs().max().item() <= fan_in ** -0.5
+        assert layer.weight.abs().max().item() > 0.9 * fan_in ** -0.5
+
+
 def test_scheduled_sampling_ratio_is_linear():
     assert scheduled_sampling_ratio(0, 100) == 1.0
     assert scheduled_sampling_ratio(25, 100) == 0.75
