@@ -72,6 +72,7 @@ class TrainConfig:
     transform: str | None = None
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
+    input_phase_loss: bool = False
     patience: int | None = 10
     val_samples: int | None = 512
     amp: str = "auto"
@@ -166,6 +167,7 @@ def train(
     schedule: str | None = None,
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
+    input_phase_loss: bool | None = None,
     patience: int | None = 10,
     val_samples: int | None = 512,
     min_wet_fraction: float = 0.0,
@@ -181,7 +183,8 @@ def train(
     Unset options take the preset's paper defaults (:func:`training_defaults`):
     Adam/AdamW, OneCycle or cosine-with-warm-up (per step), batch size and
     epochs; the loss is :func:`nowcast.models.paper_loss` (MS-LSTM adds
-    linear scheduled sampling). ``t_in``/``t_out`` default to the preset's,
+    linear scheduled sampling and, like its reference code, covers the input
+    phase's one-step outputs too). ``t_in``/``t_out`` default to the preset's,
     ``in_channels`` always follows the data, and other keyword arguments
     override model hyper-parameters.
 
@@ -192,6 +195,11 @@ def train(
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` or ``"off"``.
         compile: wrap the model in ``torch.compile``.
+        input_phase_loss: MS-LSTM only: train on all ``T_in - 1 + T_out``
+            one-step outputs, the teacher-forced ones of the input phase
+            included, as the reference code does (default for MS-LSTM); False
+            restricts the loss to the forecast frames. Validation always
+            scores the forecast frames.
         resume: continue from ``out_dir/last.pt`` with its stored configuration.
         patience: stop after this many epochs without a lower validation loss (None: never).
         val_samples: validate on at most this many samples, evenly spaced over
@@ -216,7 +224,8 @@ def train(
             cfg = _new_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, t_in=t_in, t_out=t_out,
                               steps_per_epoch=steps_per_epoch, patch=patch, amp=amp, seed=seed,
                               optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
-                              grad_clip=grad_clip, patience=patience, val_samples=val_samples,
+                              grad_clip=grad_clip, input_phase_loss=input_phase_loss,
+                              patience=patience, val_samples=val_samples,
                               min_wet_fraction=min_wet_fraction,
                               fractions=fractions, block=block, transform=transform, num_workers=num_workers,
                               model_overrides=model_overrides, source=archive_or_dataset)
@@ -273,8 +282,11 @@ def _check_resume_arguments(cfg: TrainConfig, **given: Any) -> None:
 
 
 def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_epoch, patch, optimizer,
-                schedule, fractions, model_overrides, source, **rest) -> TrainConfig:
+                schedule, fractions, input_phase_loss, model_overrides, source, **rest) -> TrainConfig:
     defaults = training_defaults(preset)
+    mslstm = models.family_of(preset) == "mslstm"
+    if input_phase_loss and not mslstm:
+        raise ValueError(f"input_phase_loss is for MS-LSTM, which steps through its inputs; {preset!r} does not")
     kwargs = models.PRESETS[preset].kwargs if preset in models.PRESETS else {}
     t_in = t_in or kwargs.get("t_in") or model_overrides.get("t_in")
     t_out = t_out or kwargs.get("t_out") or model_overrides.get("t_out")
@@ -287,6 +299,7 @@ def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_e
         warmup_epochs=defaults.warmup_epochs, scheduled_sampling=defaults.scheduled_sampling,
         t_in=int(t_in), t_out=int(t_out), steps_per_epoch=steps_per_epoch,
         patch=_default_patch(preset, patch, source), model_overrides=overrides,
+        input_phase_loss=mslstm if input_phase_loss is None else bool(input_phase_loss),
         fractions=[float(f) for f in fractions], **rest)
 
 
@@ -401,9 +414,7 @@ class _Trainer:
                 x, y = self._batch(x, y)
                 ratio = models.scheduled_sampling_ratio(self.step, self.total_steps) if cfg.scheduled_sampling else 0.0
                 with self._autocast():
-                    pred = models.run_padded(self.net, x, self.model.size_multiple,
-                                             target=y if ratio > 0 else None, sampling_ratio=ratio)
-                    loss = self.loss_fn(pred, y)
+                    loss = self._train_loss(x, y, ratio)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training diverged at step {self.step} (loss {loss.item()}); "
                                              "lower the learning rate or enable gradient clipping")
@@ -438,6 +449,13 @@ class _Trainer:
             self._save(improved)
         if self.stopped_early:
             log.info("early stop: no lower validation loss for %d epochs", self.bad_epochs)
+
+    def _train_loss(self, x: torch.Tensor, y: torch.Tensor, ratio: float) -> torch.Tensor:
+        """Paper loss of one batch (over the input phase's one-step outputs too with ``input_phase_loss``)."""
+        extra = {"input_phase": True} if self.cfg.input_phase_loss else {}
+        pred = models.run_padded(self.net, x, self.model.size_multiple, target=y if ratio > 0 else None,
+                                 sampling_ratio=ratio, **extra)
+        return self.loss_fn(pred, torch.cat([x[:, 1:], y], 1) if self.cfg.input_phase_loss else y)
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, float]:

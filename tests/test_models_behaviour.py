@@ -102,6 +102,20 @@ def test_mslstm_teacher_forcing_equals_observing_the_truth():
     assert mixed.shape == forced.shape
 
 
+def test_mslstm_input_phase_outputs_are_one_step_predictions():
+    model = tiny("mslstm-tiny").eval()
+    seq = moving_blobs(n=2, t=8)
+    x, target = seq[:, :4], seq[:, 4:]
+    with torch.no_grad():
+        every = model(x, 4, input_phase=True)
+        assert every.shape == (2, 3 + 4, 1, 32, 32)
+        torch.testing.assert_close(every[:, 3:], model(x, 4))
+        for k in range(1, 4):  # output k - 1 predicts frame k from frames 0..k-1
+            torch.testing.assert_close(every[:, k - 1], model(x[:, :k], 1)[:, 0])
+        forced = model(x, 4, target=target, sampling_ratio=1.0, input_phase=True)
+    torch.testing.assert_close(forced[:, :3], every[:, :3])
+
+
 def test_mslstm_accepts_any_input_length():
     model = tiny("mslstm-tiny").eval()
     with torch.no_grad():

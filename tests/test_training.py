@@ -119,19 +119,41 @@ def test_mslstm_trains_with_scheduled_sampling(store, tmp_path, monkeypatch):
         ratios.append(real_ratio(step, total))
         return ratios[-1]
 
-    def forward(self, x, t_out=None, *, target=None, sampling_ratio=0.0):
-        calls.append((self.training, target is not None))
-        return real_forward(self, x, t_out, target=target, sampling_ratio=sampling_ratio)
+    def forward(self, x, t_out=None, *, target=None, sampling_ratio=0.0, input_phase=False):
+        calls.append((self.training, target is not None, input_phase))
+        return real_forward(self, x, t_out, target=target, sampling_ratio=sampling_ratio, input_phase=input_phase)
 
     monkeypatch.setattr(models, "scheduled_sampling_ratio", ratio)
     monkeypatch.setattr(models.MSLSTM, "forward", forward)
     result = train(store, "mslstm-tiny", tmp_path / "ms", epochs=2, steps_per_epoch=2, batch_size=2, patch=16,
                    t_in=4, t_out=2, fractions=(0.95, 0.05, 0.0), progress=False)
     assert ratios == [1.0, 0.75, 0.5, 0.25]  # linear from 1 to 0 over the 4 steps
-    assert [given for training, given in calls if training] == [True] * 4
-    assert not any(given for training, given in calls if not training)  # validation sees no truth
+    assert [(given, phase) for training, given, phase in calls if training] == [(True, True)] * 4
+    assert not any(given or phase for training, given, phase in calls if not training)  # validation: forecast only
     assert len(calls) > 4
-    assert load_checkpoint(result.last_checkpoint)["config"]["schedule"] == "constant"
+    config = load_checkpoint(result.last_checkpoint)["config"]
+    assert config["schedule"] == "constant" and config["input_phase_loss"]
+
+
+def test_mslstm_loss_covers_the_input_phase_unless_restricted(store, tmp_path, monkeypatch):
+    """The reference (MS-RNN) loss is over all S - 1 outputs; input_phase_loss=False keeps the forecast frames."""
+    from nowcast import models
+
+    shapes = []
+    real_loss = models.l1_l2_per_frame
+
+    def loss(pred, target):
+        shapes.append((pred.shape[1], target.shape[1]))
+        return real_loss(pred, target)
+
+    monkeypatch.setitem(models.registry.LOSSES, "mslstm", loss)
+    common = dict(epochs=1, steps_per_epoch=1, batch_size=2, patch=16, t_in=4, t_out=2, val_samples=1,
+                  fractions=(0.95, 0.05, 0.0), progress=False)
+    train(store, "mslstm-tiny", tmp_path / "all", **common)
+    train(store, "mslstm-tiny", tmp_path / "forecast", input_phase_loss=False, **common)
+    assert shapes == [(5, 5), (2, 2), (2, 2), (2, 2)]  # training then validation, per run
+    with pytest.raises(ValueError, match="MS-LSTM"):
+        train(store, "tau-tiny", tmp_path / "tau", input_phase_loss=True, **common)
 
 
 def test_domain_off_the_size_multiple_is_padded_as_in_forecasting(tmp_path):

@@ -114,12 +114,16 @@ class MSLSTM(SequenceModel):
         *,
         target: torch.Tensor | None = None,
         sampling_ratio: float | torch.Tensor = 0.0,
+        input_phase: bool = False,
     ) -> torch.Tensor:
         """``[B, T, C, H, W]`` -> ``[B, t_out, C, H, W]``.
 
         In the output phase each input frame is the previous prediction, or,
         with ``target: [B, >= t_out - 1, C, H, W]``, the true frame with
         probability ``sampling_ratio`` (one Bernoulli draw per sample and step).
+        ``input_phase=True`` also returns the one-step predictions of input
+        frames 2..T made during the input phase: ``[B, T - 1 + t_out, C, H, W]``,
+        all S - 1 outputs the reference code (MS-RNN) trains on.
         """
         self._check_input(x, fixed_length=False)
         if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
@@ -142,7 +146,7 @@ class MSLSTM(SequenceModel):
             else:
                 frame = preds[-1]
             z, states = self.step(frame, states, weights)
-            if t >= t_in - 1:
+            if input_phase or t >= t_in - 1:
                 preds.append(self.readout(z))
         return torch.stack(preds, dim=1)
 
