@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Used for a bare family name (``"tau"``), which has no paper recipe of its own.
 FALLBACK_DEFAULTS = models.TrainingDefaults("adam", 1e-3, "onecycle", 8, 10)
+#: OpenSTL's cosine schedule (timm's CosineLRScheduler): warm-up start and floor of the learning rate.
+WARMUP_LR, MIN_LR = 1e-5, 1e-6
 
 
 @dataclass
@@ -71,7 +73,7 @@ class TrainConfig:
     block: str | None = None
     transform: str | None = None
     weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = None
     input_phase_loss: bool = False
     patience: int | None = 10
     val_samples: int | None = 512
@@ -166,7 +168,7 @@ def train(
     optimizer: str | None = None,
     schedule: str | None = None,
     weight_decay: float = 0.0,
-    grad_clip: float | None = 1.0,
+    grad_clip: float | None = None,
     input_phase_loss: bool | None = None,
     patience: int | None = 10,
     val_samples: int | None = 512,
@@ -181,8 +183,8 @@ def train(
     """Train ``preset`` on an archive path or data-model dataset; write checkpoints to ``out_dir``.
 
     Unset options take the preset's paper defaults (:func:`training_defaults`):
-    Adam/AdamW, OneCycle or cosine-with-warm-up (per step), batch size and
-    epochs; the loss is :func:`nowcast.models.paper_loss` (MS-LSTM adds
+    Adam/AdamW, OneCycle (per step) or OpenSTL's cosine with warm-up (per
+    epoch, :func:`cosine_lr`), batch size and epochs, no gradient clipping; the loss is :func:`nowcast.models.paper_loss` (MS-LSTM adds
     linear scheduled sampling and, like its reference code, covers the input
     phase's one-step outputs too). ``t_in``/``t_out`` default to the preset's,
     ``in_channels`` always follows the data, and other keyword arguments
@@ -195,6 +197,7 @@ def train(
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` or ``"off"``.
         compile: wrap the model in ``torch.compile``.
+        grad_clip: clip the gradient norm to this (None: off, as in every reference).
         input_phase_loss: MS-LSTM only: train on all ``T_in - 1 + T_out``
             one-step outputs, the teacher-forced ones of the input phase
             included, as the reference code does (default for MS-LSTM); False
@@ -417,7 +420,7 @@ class _Trainer:
                     loss = self._train_loss(x, y, ratio)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training diverged at step {self.step} (loss {loss.item()}); "
-                                             "lower the learning rate or enable gradient clipping")
+                                             "lower the learning rate or clip gradients (grad_clip)")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if cfg.grad_clip:
@@ -523,19 +526,27 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return kinds[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def cosine_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int) -> float:
+    """Learning rate of ``epoch`` (0-based) under OpenSTL's cosine schedule (timm, stepped per epoch).
+
+    Linear warm-up from :data:`WARMUP_LR` over ``warmup_epochs``, then
+    ``MIN_LR + (lr - MIN_LR) · (1 + cos(π · epoch / epochs)) / 2`` (the cosine
+    counts from epoch 0, as timm's without ``warmup_prefix``).
+    """
+    if epoch < warmup_epochs:
+        return WARMUP_LR + epoch * (lr - WARMUP_LR) / warmup_epochs
+    return MIN_LR + 0.5 * (lr - MIN_LR) * (1.0 + math.cos(math.pi * min(epoch / epochs, 1.0)))
+
+
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int,
                steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: ``onecycle``, ``cosine`` (linear warm-up, then cosine) or ``constant``."""
+    """Stepped per batch: ``onecycle``, ``cosine`` (:func:`cosine_lr`, constant within an epoch) or ``constant``."""
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
         return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 2))
     if cfg.schedule == "cosine":
-        warmup = min(cfg.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0))
-        cosine = sched.CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup, 1))
-        if not warmup:
-            return cosine
-        ramp = sched.LinearLR(optimizer, start_factor=1e-2, end_factor=1.0, total_iters=warmup)
-        return sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+        return sched.LambdaLR(optimizer, lambda step: cosine_lr(step // steps_per_epoch, cfg.epochs, cfg.lr,
+                                                                cfg.warmup_epochs) / cfg.lr)
     if cfg.schedule == "constant":
         return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose onecycle, cosine or constant")

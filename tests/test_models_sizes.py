@@ -75,6 +75,10 @@ def test_list_presets_rows():
         assert r.parameters == meta_count(r.name)
         assert r.training is not None and r.training.lr > 0 and r.training.batch_size > 0
     assert rows["mslstm-mmnist"].training.scheduled_sampling
+    assert all(r.training.lr == 3e-3 for r in rows.values() if r.family == "stlight")  # paper Table 2
+    assert {r.training.schedule for n, r in rows.items() if n.startswith("stlight") and "taxibj" in n} == {"cosine"}
+    tau = rows["tau-taxibj"].training  # OpenSTL configs/taxibj/TAU.py
+    assert (tau.lr, tau.schedule, tau.warmup_epochs) == (5e-4, "cosine", 5)
     json.dumps([dataclasses.asdict(r) for r in rows.values()])
 
 

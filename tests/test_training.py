@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ import torch
 from nowcast import archive
 from nowcast.checkpoint import CheckpointError, load_checkpoint
 from nowcast.synthetic import synthetic_radar
-from nowcast.training import _Trainer, train
+from nowcast.training import _scheduler, _Trainer, cosine_lr, train
 from nowcast.transforms import DBR
 
 pytestmark = pytest.mark.xdist_group("training")
@@ -56,6 +57,7 @@ def test_run_folder_and_checkpoint(full_run, store):
     assert isinstance(state["rng"]["torch"], torch.Tensor)
     assert state["data"]["variable"] == "rainrate" and state["data"]["patch"] == [32, 32]
     assert state["config"]["optimizer"] == "adam" and state["config"]["schedule"] == "onecycle"
+    assert state["config"]["grad_clip"] is None  # no reference clips gradients
     history = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["samples"] == 16 for h in history)
     assert all(np.isfinite(h["val_loss"]) for h in history)
@@ -65,6 +67,23 @@ def test_run_folder_and_checkpoint(full_run, store):
     assert load_checkpoint(run / "best.pt")["epoch"] == best["epoch"]
     with pytest.raises(FileExistsError, match="resume"):
         train(store, "tau-tiny", run, progress=False, **RUN)
+
+
+def test_cosine_schedule_is_openstls_per_epoch():
+    cfg = SimpleNamespace(schedule="cosine", lr=5e-4, epochs=10, warmup_epochs=5)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = _scheduler(cfg, optimizer, total_steps=30, steps_per_epoch=3)
+    lrs = []
+    for _ in range(30):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    per_epoch = lrs[::3]
+    assert lrs == [lr for lr in per_epoch for _ in range(3)]  # constant within an epoch
+    assert per_epoch == pytest.approx([cosine_lr(e, 10, 5e-4, 5) for e in range(10)])
+    assert per_epoch[0] == pytest.approx(1e-5) and per_epoch[4] < 5e-4  # warm-up from 1e-5
+    assert per_epoch[5] == pytest.approx(1e-6 + 0.5 * (5e-4 - 1e-6))  # the cosine counts from epoch 0
+    assert cosine_lr(10, 10, 5e-4, 5) == pytest.approx(1e-6)  # floor
 
 
 def test_checkpoint_refuses_other_files(tmp_path):
