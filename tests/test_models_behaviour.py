@@ -202,6 +202,7 @@ def test_differential_divergence():
     assert ddr > 0
     assert models.differential_divergence(pred, pred) == pytest.approx(0.0, abs=1e-7)
     assert models.differential_divergence(pred[:, :1], target[:, :1]) == 0.0
+    assert models.differential_divergence(pred[:, :2], target[:, :2]) == 0.0  # OpenSTL: 0 for T <= 2
     torch.testing.assert_close(models.tau_loss(pred, target),
                                ((pred - target) ** 2).mean() + 0.1 * ddr)
 
