@@ -23,7 +23,9 @@ from .registry import (
     TrainingDefaults,
     build,
     family_of,
+    forward_flops,
     list_presets,
+    macs,
     paper_loss,
     parameter_count,
 )
@@ -33,7 +35,7 @@ from .tau import TAU, TAUBlock
 __all__ = [
     "FAMILIES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
     "STLight", "SequenceModel", "DirectModel", "TAU", "TAUBlock", "TrainingDefaults", "build",
-    "differential_divergence", "family_of", "l1_l2_per_frame", "list_presets", "mse",
+    "differential_divergence", "family_of", "forward_flops", "l1_l2_per_frame", "list_presets", "macs", "mse",
     "pad_to_multiple", "paper_loss", "parameter_count", "run_padded", "scheduled_sampling_ratio",
     "tau_loss",
 ]

@@ -3,7 +3,8 @@
 ``build("tau-radar")`` builds a preset, ``build("tau", **model.config)``
 rebuilds a model from its configuration (the checkpoint round trip), and
 ``list_presets()`` describes every preset with its parameter count, the
-published count and the training defaults of the paper or its reference code.
+published count and MACs and the training defaults of the paper or its
+reference code.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import losses
 from .base import SequenceModel
@@ -53,6 +55,8 @@ class Preset:
     published_parameters: int | None = None
     training: TrainingDefaults | None = None
     note: str = ""
+    published_macs: float | None = None
+    macs_without_depthwise: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class PresetInfo:
     published_parameters: int | None
     training: TrainingDefaults | None
     note: str = ""
+    published_macs: float | None = None
 
 
 _OPENSTL_MMNIST = "OpenSTL configs/mmnist/TAU.py; 200 epochs is OpenSTL's benchmark length"
@@ -108,10 +113,11 @@ PRESETS: dict[str, Preset] = {
     "tau-taxibj": Preset(
         "tau", {**_io(4, 4, 2), "hid_s": 32, "hid_t": 256, "n_s": 2, "n_t": 8, "drop_path": 0.1},
         32, 32, 9_550_000,
-        _tau_train("cosine", 50, "OpenSTL configs/taxibj/TAU.py", warmup=5, lr=5e-4)),
+        _tau_train("cosine", 50, "OpenSTL configs/taxibj/TAU.py", warmup=5, lr=5e-4),
+        published_macs=2.49e9),
     "tau-mmnist": Preset(
         "tau", {**_io(10, 10, 1), "hid_s": 64, "hid_t": 512, "n_s": 4, "n_t": 8},
-        64, 64, 44_700_000, _tau_train("onecycle", 200, _OPENSTL_MMNIST)),
+        64, 64, 44_700_000, _tau_train("onecycle", 200, _OPENSTL_MMNIST), published_macs=16.0e9),
     "tau-radar": Preset(
         "tau", {**_io(12, 12, 1), "hid_s": 64, "hid_t": 512, "n_s": 4, "n_t": 8, "drop_path": 0.1},
         128, 128, None,
@@ -132,10 +138,15 @@ PRESETS: dict[str, Preset] = {
         f"stlight-{size}-taxibj": Preset(
             "stlight", {**_io(4, 4, 2), "dim": 256, "depth": depth, "patch": 1}, 32, 32,
             published, _stlight_train(50, schedule="cosine"),
-            "the paper gives only the parameter count; width 256 with this depth lands on it")
-        for size, depth, published in (("s", 12, 990_000), ("m", 20, 1_650_000),
-                                       ("l", 36, 2_960_000))
+            "ours: the paper gives only the parameter count; width 256 with this depth lands on it")
+        for size, depth, published in (("s", 12, 990_000), ("m", 20, 1_650_000))
     },
+    "stlight-l-taxibj": Preset(
+        "stlight", {**_io(4, 4, 2), "dim": 512, "depth": 10, "patch": 1}, 32, 32, 2_960_000,
+        _stlight_train(50, schedule="cosine"),
+        "ours: the paper gives parameters and MACs, not d and de; d 512, de 10 fits both "
+        "(d 256, de 36 fits the parameters only: 2.42 G MACs)",
+        published_macs=2.71e9, macs_without_depthwise=True),
     "stlight-radar": Preset(
         "stlight", {**_io(12, 12, 1), "dim": 1024, "depth": 16, "patch": 4}, 128, 128, None,
         _stlight_train(100, source=_RADAR_STLIGHT),
@@ -197,6 +208,35 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def forward_flops(name: str) -> tuple[float, float]:
+    """Forward FLOPs of one sample of preset ``name``, and the part of them in depthwise convolutions.
+
+    ``FlopCounterMode`` on the meta device; multiply and add count apart, so
+    MACs (what papers quoting fvcore/thop call FLOPs) are half of these.
+    """
+    p = PRESETS[name]
+    depthwise = 0
+
+    def hook(module: nn.Conv2d, _inputs, output) -> None:
+        nonlocal depthwise
+        depthwise += 2 * output.numel() * module.kernel_size[0] * module.kernel_size[1]
+
+    with torch.device("meta"):
+        model = build(name).eval()
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+                m.register_forward_hook(hook)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.empty(1, p.kwargs["t_in"], p.kwargs["in_channels"], p.height, p.width))
+    return float(counter.get_total_flops()), float(depthwise)
+
+
+def macs(name: str) -> float:
+    """Forward MACs of one sample, counted as the paper does (without depthwise convolutions for STLight)."""
+    flops, depthwise = forward_flops(name)
+    return (flops - depthwise if PRESETS[name].macs_without_depthwise else flops) / 2
+
+
 @lru_cache(maxsize=None)
 def _preset_parameters(name: str) -> int:
     with torch.device("meta"):
@@ -210,5 +250,5 @@ def list_presets() -> list[PresetInfo]:
         k = p.kwargs
         rows.append(PresetInfo(
             name, p.family, k["t_in"], k["t_out"], k["in_channels"], p.height, p.width,
-            _preset_parameters(name), p.published_parameters, p.training, p.note))
+            _preset_parameters(name), p.published_parameters, p.training, p.note, p.published_macs))
     return rows
