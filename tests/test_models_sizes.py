@@ -52,6 +52,11 @@ def test_stlight_l_taxibj_width_fits_macs_too(monkeypatch):
     assert models.macs("stlight-narrow") == pytest.approx(2.42e9, rel=0.005)
 
 
+def test_own_recounts_are_labelled():
+    rows = {r.name: r for r in list_presets()}
+    assert rows["mslstm-mmnist"].recount and "recount" in rows["mslstm-mmnist"].note
+    assert not any(rows[n].recount for n in ("tau-taxibj", "tau-mmnist", "stlight-l-taxibj"))
+
 
 def test_mk_lstm_cell_and_ms_lstm_counts_are_exact():
     with torch.device("meta"):
