@@ -184,9 +184,10 @@ def train(
 
     Unset options take the preset's paper defaults (:func:`training_defaults`):
     Adam/AdamW, OneCycle (per step) or OpenSTL's cosine with warm-up (per
-    epoch, :func:`cosine_lr`), batch size and epochs, no gradient clipping; the loss is :func:`nowcast.models.paper_loss` (MS-LSTM adds
-    linear scheduled sampling and, like its reference code, covers the input
-    phase's one-step outputs too). ``t_in``/``t_out`` default to the preset's,
+    epoch, :func:`cosine_lr`), batch size and epochs, no gradient clipping;
+    the loss is :func:`nowcast.models.paper_loss` (MS-LSTM adds linear
+    scheduled sampling and, like its reference code, covers the input phase's
+    one-step outputs too). ``t_in``/``t_out`` default to the preset's,
     ``in_channels`` always follows the data, and other keyword arguments
     override model hyper-parameters.
 
