@@ -33,10 +33,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-from nowcast.models import PRESETS, build, paper_loss, parameter_count
+from nowcast.models import PRESETS, build, forward_flops, paper_loss, parameter_count
 
 VARIANTS = {"eager": "eager fp32", "amp": "bf16 autocast + channels_last",
             "compile": "bf16 + channels_last + torch.compile"}
@@ -45,25 +42,6 @@ VARIANTS = {"eager": "eager fp32", "amp": "bf16 autocast + channels_last",
 def _geometry(name: str) -> tuple[int, int, int, int]:
     p = PRESETS[name]
     return p.kwargs["t_in"], p.kwargs["in_channels"], p.height, p.width
-
-
-def count_flops(name: str) -> tuple[float, float]:
-    """Forward FLOPs of one sample: (all, depthwise convolutions only)."""
-    t_in, c, h, w = _geometry(name)
-    depthwise = 0
-
-    def hook(module: nn.Conv2d, _inputs, output) -> None:
-        nonlocal depthwise
-        depthwise += 2 * output.numel() * module.kernel_size[0] * module.kernel_size[1]
-
-    with torch.device("meta"):
-        model = build(name).eval()
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
-                m.register_forward_hook(hook)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.empty(1, t_in, c, h, w))
-    return float(counter.get_total_flops()), float(depthwise)
 
 
 def saved_activation_bytes(name: str) -> int:
@@ -173,7 +151,7 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 
 def static_row(name: str) -> dict:
     """Parameters, FLOPs and saved activations of one preset (meta device, no compute)."""
-    flops, dw = count_flops(name)
+    flops, dw = forward_flops(name)
     with torch.device("meta"):
         params = parameter_count(build(name))
     return {"preset": name, "params": params, "published": PRESETS[name].published_parameters,

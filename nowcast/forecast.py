@@ -3,7 +3,8 @@
 :func:`forecast` takes the last ``T_in`` frames at or before the issue time,
 scales them with the transform stored in the checkpoint, runs the network
 (on the whole domain, or on overlapping tiles blended with tapered weights
-when the domain is large), inverts the transform and wraps the fields with
+when the domain is large), inverts the transform, masks the cells without
+coverage (NaN in any input frame) and wraps the fields with
 :func:`nowcast.schema.make_forecast` on the observations' grid and CRS.
 :func:`forecast_with_baselines` adds Eulerian persistence and Lagrangian
 extrapolation (historical average for crowd flows) issued from the same
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 
 #: Domains up to this many cells run whole; larger ones are tiled (all presets are fully convolutional).
 MAX_WHOLE_CELLS = 512 * 512
-#: The domain (and tiles) are padded to a multiple of this, which every preset's down-sampling divides.
-SIZE_MULTIPLE = 16
 TILE_BATCH = 8
 
 
@@ -182,7 +181,8 @@ def forecast(
 
     Returns:
         forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``
-        and ``checkpoint``), lead ``k`` valid at ``at + k · time_step``.
+        and ``checkpoint``), lead ``k`` valid at ``at + k · time_step``; NaN
+        where any input frame is NaN (no coverage).
 
     Raises:
         MissingInputError: when input frames are missing (names them).
@@ -216,27 +216,33 @@ def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads:
             device: str | torch.device = "cpu", tile: int | None = None, overlap: int | None = None) -> np.ndarray:
     """Physical ``[T_in, C, H, W]`` → physical ``[n_leads, C, H, W]`` through ``model``.
 
-    The scaled input is edge-padded to a multiple of :data:`SIZE_MULTIPLE`;
-    with ``tile`` set the model runs on overlapping tiles whose outputs are
-    averaged with weights that taper linearly over the overlap (no seams).
+    The scaled input is edge-padded only up to the model's ``size_multiple``
+    (:func:`nowcast.models.run_padded`, as in training); with ``tile`` set the
+    model runs on overlapping tiles whose outputs are averaged with weights
+    that taper linearly over the overlap (no seams). Cells that are NaN (no
+    coverage) in any input frame are NaN in every lead: the network saw a
+    made-up 0 there, so its output is no forecast.
     """
     _, _, height, width = frames.shape
-    x = transform.forward(frames)
-    pad_h, pad_w = (-height) % SIZE_MULTIPLE, (-width) % SIZE_MULTIPLE
-    x = np.pad(x, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-    x = torch.from_numpy(x)[None].to(device)
+    multiple = model.size_multiple
+    x = torch.from_numpy(transform.forward(frames))[None].to(device)
     model.eval()
     if tile is None:
-        y = model(x, t_out=n_leads)[0]
+        y = models.run_padded(model, x, multiple, n_leads)[0]
     else:
-        y = _tiled(model, x, n_leads, tile, overlap)
-    return transform.inverse(y.float().cpu().numpy()[..., :height, :width])
+        y = _tiled(model, models.pad_to_multiple(x, multiple), n_leads, tile, overlap,
+                   multiple)[..., :height, :width]
+    fields = transform.inverse(y.float().cpu().numpy())
+    fields[:, np.isnan(frames).any(axis=0)] = np.nan
+    return fields
 
 
-def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None) -> torch.Tensor:
-    """Run ``model`` on overlapping tiles of ``x: [1, T, C, H, W]`` and blend them."""
+def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None,
+           multiple: int) -> torch.Tensor:
+    """Run ``model`` on overlapping tiles (``tile`` rounded up to ``multiple``) of ``x: [1, T, C, H, W]``
+    and blend them."""
     _, _, c, h, w = x.shape
-    tile = int(math.ceil(tile / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    tile = int(math.ceil(tile / multiple) * multiple)
     th, tw = min(tile, h), min(tile, w)
     overlap = tile // 4 if overlap is None else int(overlap)
     if not 0 <= overlap < min(th, tw):

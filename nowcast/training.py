@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Used for a bare family name (``"tau"``), which has no paper recipe of its own.
 FALLBACK_DEFAULTS = models.TrainingDefaults("adam", 1e-3, "onecycle", 8, 10)
+#: OpenSTL's cosine schedule (timm's CosineLRScheduler): warm-up start and floor of the learning rate.
+WARMUP_LR, MIN_LR = 1e-5, 1e-6
 
 
 @dataclass
@@ -71,7 +73,8 @@ class TrainConfig:
     block: str | None = None
     transform: str | None = None
     weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = None
+    input_phase_loss: bool = False
     patience: int | None = 10
     val_samples: int | None = 512
     amp: str = "auto"
@@ -165,7 +168,8 @@ def train(
     optimizer: str | None = None,
     schedule: str | None = None,
     weight_decay: float = 0.0,
-    grad_clip: float | None = 1.0,
+    grad_clip: float | None = None,
+    input_phase_loss: bool | None = None,
     patience: int | None = 10,
     val_samples: int | None = 512,
     min_wet_fraction: float = 0.0,
@@ -179,9 +183,11 @@ def train(
     """Train ``preset`` on an archive path or data-model dataset; write checkpoints to ``out_dir``.
 
     Unset options take the preset's paper defaults (:func:`training_defaults`):
-    Adam/AdamW, OneCycle or cosine-with-warm-up (per step), batch size and
-    epochs; the loss is :func:`nowcast.models.paper_loss` (MS-LSTM adds
-    linear scheduled sampling). ``t_in``/``t_out`` default to the preset's,
+    Adam/AdamW, OneCycle (per step) or OpenSTL's cosine with warm-up (per
+    epoch, :func:`cosine_lr`), batch size and epochs, no gradient clipping;
+    the loss is :func:`nowcast.models.paper_loss` (MS-LSTM adds linear
+    scheduled sampling and, like its reference code, covers the input phase's
+    one-step outputs too). ``t_in``/``t_out`` default to the preset's,
     ``in_channels`` always follows the data, and other keyword arguments
     override model hyper-parameters.
 
@@ -192,12 +198,19 @@ def train(
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` or ``"off"``.
         compile: wrap the model in ``torch.compile``.
+        grad_clip: clip the gradient norm to this (None: off, as in every reference).
+        input_phase_loss: MS-LSTM only: train on all ``T_in - 1 + T_out``
+            one-step outputs, the teacher-forced ones of the input phase
+            included, as the reference code does (default for MS-LSTM); False
+            restricts the loss to the forecast frames. Validation always
+            scores the forecast frames.
         resume: continue from ``out_dir/last.pt`` with its stored configuration.
         patience: stop after this many epochs without a lower validation loss (None: never).
         val_samples: validate on at most this many samples, evenly spaced over
             the validation split and the same every epoch (None: all of them).
         fractions, block: time-block split (see :func:`nowcast.windows.split_windows`).
-        transform: scaler kind (default by variable: dBR for rain, min–max for flows).
+        transform: scaler kind (default by variable, :data:`nowcast.transforms.DEFAULT_KIND`:
+            dBR for rain rate, log1p up to the training split's 99.9 % quantile for crowd flow).
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
@@ -215,7 +228,8 @@ def train(
             cfg = _new_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, t_in=t_in, t_out=t_out,
                               steps_per_epoch=steps_per_epoch, patch=patch, amp=amp, seed=seed,
                               optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
-                              grad_clip=grad_clip, patience=patience, val_samples=val_samples,
+                              grad_clip=grad_clip, input_phase_loss=input_phase_loss,
+                              patience=patience, val_samples=val_samples,
                               min_wet_fraction=min_wet_fraction,
                               fractions=fractions, block=block, transform=transform, num_workers=num_workers,
                               model_overrides=model_overrides, source=archive_or_dataset)
@@ -272,8 +286,11 @@ def _check_resume_arguments(cfg: TrainConfig, **given: Any) -> None:
 
 
 def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_epoch, patch, optimizer,
-                schedule, fractions, model_overrides, source, **rest) -> TrainConfig:
+                schedule, fractions, input_phase_loss, model_overrides, source, **rest) -> TrainConfig:
     defaults = training_defaults(preset)
+    mslstm = models.family_of(preset) == "mslstm"
+    if input_phase_loss and not mslstm:
+        raise ValueError(f"input_phase_loss is for MS-LSTM, which steps through its inputs; {preset!r} does not")
     kwargs = models.PRESETS[preset].kwargs if preset in models.PRESETS else {}
     t_in = t_in or kwargs.get("t_in") or model_overrides.get("t_in")
     t_out = t_out or kwargs.get("t_out") or model_overrides.get("t_out")
@@ -286,6 +303,7 @@ def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_e
         warmup_epochs=defaults.warmup_epochs, scheduled_sampling=defaults.scheduled_sampling,
         t_in=int(t_in), t_out=int(t_out), steps_per_epoch=steps_per_epoch,
         patch=_default_patch(preset, patch, source), model_overrides=overrides,
+        input_phase_loss=mslstm if input_phase_loss is None else bool(input_phase_loss),
         fractions=[float(f) for f in fractions], **rest)
 
 
@@ -400,11 +418,10 @@ class _Trainer:
                 x, y = self._batch(x, y)
                 ratio = models.scheduled_sampling_ratio(self.step, self.total_steps) if cfg.scheduled_sampling else 0.0
                 with self._autocast():
-                    pred = self.net(x, target=y if ratio > 0 else None, sampling_ratio=ratio)
-                    loss = self.loss_fn(pred, y)
+                    loss = self._train_loss(x, y, ratio)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training diverged at step {self.step} (loss {loss.item()}); "
-                                             "lower the learning rate or enable gradient clipping")
+                                             "lower the learning rate or clip gradients (grad_clip)")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if cfg.grad_clip:
@@ -437,6 +454,13 @@ class _Trainer:
         if self.stopped_early:
             log.info("early stop: no lower validation loss for %d epochs", self.bad_epochs)
 
+    def _train_loss(self, x: torch.Tensor, y: torch.Tensor, ratio: float) -> torch.Tensor:
+        """Paper loss of one batch (over the input phase's one-step outputs too with ``input_phase_loss``)."""
+        extra = {"input_phase": True} if self.cfg.input_phase_loss else {}
+        pred = models.run_padded(self.net, x, self.model.size_multiple, target=y if ratio > 0 else None,
+                                 sampling_ratio=ratio, **extra)
+        return self.loss_fn(pred, torch.cat([x[:, 1:], y], 1) if self.cfg.input_phase_loss else y)
+
     @torch.no_grad()
     def _validate(self) -> tuple[float, float]:
         """Mean paper loss and MSE (transformed units) over the validation split; NaN if it is empty."""
@@ -445,7 +469,7 @@ class _Trainer:
         for x, y in self.val_loader:
             x, y = self._batch(x, y)
             with self._autocast():
-                pred = self.model(x)
+                pred = models.run_padded(self.model, x, self.model.size_multiple)
             loss_sum += self.loss_fn(pred, y).item() * len(x)
             mse_sum += models.mse(pred, y).item() * len(x)
             count += len(x)
@@ -503,19 +527,27 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return kinds[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def cosine_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int) -> float:
+    """Learning rate of ``epoch`` (0-based) under OpenSTL's cosine schedule (timm, stepped per epoch).
+
+    Linear warm-up from :data:`WARMUP_LR` over ``warmup_epochs``, then
+    ``MIN_LR + (lr - MIN_LR) · (1 + cos(π · epoch / epochs)) / 2`` (the cosine
+    counts from epoch 0, as timm's without ``warmup_prefix``).
+    """
+    if epoch < warmup_epochs:
+        return WARMUP_LR + epoch * (lr - WARMUP_LR) / warmup_epochs
+    return MIN_LR + 0.5 * (lr - MIN_LR) * (1.0 + math.cos(math.pi * min(epoch / epochs, 1.0)))
+
+
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int,
                steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: ``onecycle``, ``cosine`` (linear warm-up, then cosine) or ``constant``."""
+    """Stepped per batch: ``onecycle``, ``cosine`` (:func:`cosine_lr`, constant within an epoch) or ``constant``."""
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
         return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 2))
     if cfg.schedule == "cosine":
-        warmup = min(cfg.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0))
-        cosine = sched.CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup, 1))
-        if not warmup:
-            return cosine
-        ramp = sched.LinearLR(optimizer, start_factor=1e-2, end_factor=1.0, total_iters=warmup)
-        return sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+        return sched.LambdaLR(optimizer, lambda step: cosine_lr(step // steps_per_epoch, cfg.epochs, cfg.lr,
+                                                                cfg.warmup_epochs) / cfg.lr)
     if cfg.schedule == "constant":
         return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose onecycle, cosine or constant")

@@ -9,10 +9,19 @@ and rebuilt by :func:`from_dict`.
 * :class:`DBR` (rain rate, mm h-1): ``dBR = 10·log10 R``; rates below
   ``threshold`` get ``zerovalue`` dB; then scaled linearly so that the zero
   value is 0 and ``max_rate`` is 1.
-* :class:`Log1p` (rain rate or accumulation): ``log(1 + R) / log(1 + max_rate)``.
-* :class:`MinMax` (crowd flow, reflectivity): ``(v - lo) / (hi - lo)`` with
-  ``lo``/``hi`` fitted on the training split only (:func:`fit_minmax`).
+* :class:`Log1p` (accumulation; counts such as crowd flow):
+  ``log(1 + v) / log(1 + max_rate)``.
+* :class:`MinMax` (reflectivity): ``(v - lo) / (hi - lo)``.
 * :class:`Identity`.
+
+Default per variable (:data:`DEFAULT_KIND`): dBR for rain rate and log1p for
+accumulation, both on fixed physical scales (up to 200 mm h-1 or mm); log1p
+for crowd flow and min–max for reflectivity, fitted on the training split
+only, with the top (the value mapped to 1) a robust range, the
+:data:`TOP_QUANTILE` quantile, not the single largest value: a few extreme
+counts (TaxiNYC's maximum is ~95× its mean) would otherwise squash the data
+towards 0. Values above the top are kept, not clipped; the inverse caps
+network output at 1.5× the training maximum.
 """
 
 from __future__ import annotations
@@ -98,18 +107,23 @@ class DBR(Transform):
 
 @dataclass(frozen=True)
 class Log1p(Transform):
-    """Rain rate or accumulation ↔ ``log(1 + R) / log(1 + max_rate)`` (0 dry, 1 at ``max_rate``, the inverse's cap)."""
+    """Non-negative values ↔ ``log(1 + v) / log(1 + max_rate)`` (0 at 0, 1 at ``max_rate``).
+
+    ``max_scaled`` caps the network's output before inverting (1: at
+    ``max_rate``, right for rain; :func:`fit_log1p` sets it above 1).
+    """
 
     kind: ClassVar[str] = "log1p"
     max_rate: float = 200.0
+    max_scaled: float = 1.0
 
     def forward(self, values: np.ndarray) -> np.ndarray:
         rate = np.clip(np.nan_to_num(np.asarray(values, dtype="f4"), nan=0.0), 0.0, None)
         return (np.log1p(rate) / math.log1p(self.max_rate)).astype("f4")
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
-        rate = np.expm1(np.clip(np.asarray(values, dtype="f4"), 0.0, 1.0) * math.log1p(self.max_rate))
-        return rate.astype("f4")
+        scaled = np.clip(np.asarray(values, dtype="f4"), 0.0, self.max_scaled)
+        return np.expm1(scaled * math.log1p(self.max_rate)).astype("f4")
 
 
 @dataclass(frozen=True)
@@ -118,8 +132,8 @@ class MinMax(Transform):
 
     ``clip_min`` (e.g. 0 for counts) bounds the inverse from below;
     ``max_scaled`` bounds the network's output from above before inverting
-    (1.5: half the training range above the training maximum), so that a
-    few exploding cells of an imperfect network cannot dominate the scores.
+    (:func:`fit_minmax`: 1.5× the training maximum), so that a few exploding
+    cells of an imperfect network cannot dominate the scores.
     """
 
     kind: ClassVar[str] = "minmax"
@@ -144,8 +158,16 @@ class MinMax(Transform):
 KINDS: dict[str, type[Transform]] = {t.kind: t for t in (Identity, DBR, Log1p, MinMax)}
 
 #: Transform kind used for each data-model quantity unless told otherwise.
-DEFAULT_KIND = {"rainrate": "dbr", "accumulation": "log1p", "crowd_flow": "minmax",
+DEFAULT_KIND = {"rainrate": "dbr", "accumulation": "log1p", "crowd_flow": "log1p",
                 "reflectivity": "minmax"}
+#: Rain keeps its fixed physical scale; log1p is fitted for other variables.
+FIXED_SCALE = ("rainrate", "accumulation")
+#: Fitted scalers map this quantile of the training values to 1.
+TOP_QUANTILE = 0.999
+#: Fitting keeps at most this many values (an even thinning of larger training splits) for the quantile.
+SAMPLE_LIMIT = 2 ** 24
+#: The inverse of a fitted scaler caps values at this multiple of the training maximum.
+HEADROOM = 1.5
 
 
 def from_dict(spec: dict[str, Any]) -> Transform:
@@ -160,28 +182,64 @@ def from_dict(spec: dict[str, Any]) -> Transform:
     return cls(**{k: v for k, v in spec.items() if k in names})
 
 
-def fit_minmax(batches: Iterable[np.ndarray], *, clip_min: float | None = None) -> MinMax:
-    """A :class:`MinMax` whose range is the min and max of ``batches`` (NaN ignored).
+def fit_range(batches: Iterable[np.ndarray], quantile: float = TOP_QUANTILE) -> tuple[float, float, float]:
+    """``(min, quantile, max)`` of the finite values of ``batches``.
 
-    Pass frames of the training split only, so no validation or test value
-    leaks into the scaling.
+    The quantile is exact up to :data:`SAMPLE_LIMIT` values; beyond, it is
+    taken on every ``2^k``-th value (a systematic sample), min and max stay exact.
     """
     lo, hi = math.inf, -math.inf
+    kept: list[np.ndarray] = []
+    stride, seen, stored = 1, 0, 0
     for batch in batches:
-        batch = np.asarray(batch, dtype="f8")
-        if np.isfinite(batch).any():
-            lo, hi = min(lo, float(np.nanmin(batch))), max(hi, float(np.nanmax(batch)))
+        values = np.asarray(batch, dtype="f4").ravel()
+        values = values[np.isfinite(values)]
+        if not values.size:
+            continue
+        lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        kept.append(values[-seen % stride::stride])
+        seen += values.size
+        stored += kept[-1].size
+        while stored > SAMPLE_LIMIT:
+            kept = [np.concatenate(kept)[::2]]
+            stride, stored = 2 * stride, kept[0].size
     if not math.isfinite(lo):
-        raise ValueError("cannot fit min-max scaling: no finite training values")
-    return MinMax(lo, hi if hi > lo else lo + 1.0, clip_min)
+        raise ValueError("cannot fit the scaling: no finite training values")
+    top = hi if quantile >= 1 else float(np.quantile(np.concatenate(kept), quantile))
+    return lo, top, hi
+
+
+def fit_minmax(batches: Iterable[np.ndarray], *, clip_min: float | None = None,
+               quantile: float = TOP_QUANTILE) -> MinMax:
+    """A :class:`MinMax` from the minimum to the ``quantile`` of ``batches`` (NaN ignored).
+
+    Pass frames of the training split only, so no validation or test value
+    leaks into the scaling. ``quantile=1`` gives the plain min–max range.
+    """
+    lo, top, hi = fit_range(batches, quantile)
+    top = top if top > lo else (hi if hi > lo else lo + 1.0)
+    return MinMax(lo, top, clip_min, max(HEADROOM * (hi - lo) / (top - lo), HEADROOM))
+
+
+def fit_log1p(batches: Iterable[np.ndarray], *, quantile: float = TOP_QUANTILE) -> Log1p:
+    """A :class:`Log1p` whose ``max_rate`` is the ``quantile`` of ``batches`` (training split only)."""
+    _, top, hi = fit_range(batches, quantile)
+    top = top if top > 0 else max(hi, 1.0)
+    return Log1p(top, max(math.log1p(HEADROOM * max(hi, 0.0)) / math.log1p(top), 1.0))
 
 
 def make(kind: str | None, variable: str, fit_frames: Iterable[np.ndarray] | None = None) -> Transform:
-    """The transform ``kind`` (default: by ``variable``), fitted on ``fit_frames`` if it needs fitting."""
+    """The transform ``kind`` (default: by ``variable``), fitted on ``fit_frames`` if it needs fitting.
+
+    Min–max is always fitted; log1p is fitted except for rain (:data:`FIXED_SCALE`).
+    """
     kind = kind or DEFAULT_KIND.get(variable, "identity")
+    fitted = kind == "minmax" or (kind == "log1p" and variable not in FIXED_SCALE)
+    if fitted and fit_frames is None:
+        raise ValueError(f"{kind} scaling of {variable} needs training frames to fit on")
     if kind == "minmax":
-        if fit_frames is None:
-            raise ValueError("min-max scaling needs training frames to fit on")
         quantity = QUANTITIES.get(variable)
         return fit_minmax(fit_frames, clip_min=quantity.valid_min if quantity else None)
+    if fitted:
+        return fit_log1p(fit_frames)
     return from_dict({"kind": kind})

@@ -269,8 +269,9 @@ def split_datasets(
     """Split ``source`` into time-block datasets; fit the transform on the training frames only.
 
     ``transform`` is a :class:`Transform`, a kind (``"dbr"``, ``"log1p"``,
-    ``"minmax"``, ``"identity"``) or None for the variable's default (dBR for
-    rain rate, min–max for crowd flow). Validation and test keep every patch
+    ``"minmax"``, ``"identity"``) or None for the variable's default
+    (:data:`nowcast.transforms.DEFAULT_KIND`: dBR for rain rate, log1p up to
+    the 99.9 % quantile for crowd flow). Validation and test keep every patch
     (no wet-fraction filter), so their scores describe the whole domain.
     """
     data, ds = open_frames(source, variable)

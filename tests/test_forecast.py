@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from nowcast import archive
+from nowcast import archive, models
 from nowcast import forecast as fc
 from nowcast.checkpoint import file_hash
 from nowcast.cli import app
@@ -91,7 +91,7 @@ def test_issue_time_is_the_last_step_at_or_before_the_request(store, run):
 class Pointwise(nn.Module):
     """Each output cell depends on the same cell of the inputs only: tiling must not change it."""
 
-    t_in, t_out, preset, family = 3, 2, "pointwise", "pointwise"
+    t_in, t_out, preset, family, size_multiple = 3, 2, "pointwise", "pointwise", 8
 
     def __init__(self):
         super().__init__()
@@ -105,20 +105,51 @@ class Pointwise(nn.Module):
 
 
 def test_tiles_blend_to_the_whole_domain_result(monkeypatch):
-    obs = synthetic_radar(3, size=72, seed=1).isel(x=slice(0, 70))  # 72 × 70: padded to 80 × 80
+    obs = synthetic_radar(3, size=72, seed=1).isel(x=slice(0, 70))  # 72 × 70: padded to 72 × 72
     model = Pointwise()
     bundle = (model, Identity(), {"preset": "pointwise"})
     whole = fc.forecast(obs, bundle, n_leads=3)
-    assert model.shapes == [(1, 3, 1, 80, 80)]
+    assert model.shapes == [(1, 3, 1, 72, 72)]
     tiled = fc.forecast(obs, bundle, n_leads=3, tile=32, overlap=8)
     assert model.shapes[1] == (8, 3, 1, 32, 32) and len(model.shapes) == 3  # 3 × 3 tiles, 8 per batch
     np.testing.assert_allclose(tiled["rainrate"].values, whole["rainrate"].values, rtol=1e-6, atol=1e-6)
     monkeypatch.setattr(fc, "MAX_WHOLE_CELLS", 1000)  # large domains are tiled by default
     model.shapes.clear()
     fc.forecast(obs, bundle, n_leads=1)
-    assert model.shapes[0][-2:] == (80, 80) and len(model.shapes) == 1  # no training patch: 256 ≥ domain
+    assert model.shapes[0][-2:] == (72, 72) and len(model.shapes) == 1  # no training patch: 256 ≥ domain
     fc.forecast(obs, (model, Identity(), {"data": {"patch": [48, 48]}}), n_leads=1)
     assert model.shapes[-1][-2:] == (48, 48)
+
+
+@pytest.mark.parametrize("name", ["tau-tiny", "stlight-tiny", "mslstm-tiny"])
+@pytest.mark.parametrize("height,width,padded", [(12, 8, (12, 8)), (14, 10, (16, 12))])
+def test_forecast_pads_only_to_the_model_multiple(name, height, width, padded):
+    """On a small grid the forecast is the model on the scaled input, edge-padded only as the model needs."""
+    torch.manual_seed(0)
+    model = models.build(name).eval()
+    assert model.size_multiple == 4
+    obs = synthetic_radar(model.t_in, size=24, seed=3).isel(y=slice(0, height), x=slice(0, width))
+    shapes = []
+    model.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape[-2:])))
+    out = fc.forecast(obs, (model, DBR(), {"preset": name}), n_leads=2)
+    assert shapes[0] == padded
+    x = torch.from_numpy(DBR().forward(obs["rainrate"].values))[None, :, None]
+    x = torch.nn.functional.pad(x[0], (0, padded[1] - width, 0, padded[0] - height), mode="replicate")[None]
+    with torch.no_grad():
+        direct = model(x, t_out=2)[0, :, 0, :height, :width].numpy()
+    np.testing.assert_allclose(out["rainrate"].values, DBR().inverse(direct), rtol=1e-5, atol=1e-6)
+
+
+def test_forecast_is_nan_where_any_input_frame_has_no_coverage():
+    torch.manual_seed(0)
+    model = models.build("stlight-tiny").eval()
+    obs = synthetic_radar(model.t_in, size=16, seed=2).load()
+    obs["rainrate"][:, :, :3] = np.nan  # outside the radar's range in every frame
+    obs["rainrate"][2, 5, 7] = np.nan  # one cell missing in one earlier frame
+    out = fc.forecast(obs, (model, DBR(), {"preset": "stlight-tiny"}), n_leads=3)["rainrate"].values
+    gaps = np.zeros((16, 16), bool)
+    gaps[:, :3] = gaps[5, 7] = True
+    assert np.isnan(out[:, gaps]).all() and np.isfinite(out[:, ~gaps]).all()
 
 
 def test_forecast_with_baselines_share_the_issue_time(store, run):

@@ -102,6 +102,20 @@ def test_mslstm_teacher_forcing_equals_observing_the_truth():
     assert mixed.shape == forced.shape
 
 
+def test_mslstm_input_phase_outputs_are_one_step_predictions():
+    model = tiny("mslstm-tiny").eval()
+    seq = moving_blobs(n=2, t=8)
+    x, target = seq[:, :4], seq[:, 4:]
+    with torch.no_grad():
+        every = model(x, 4, input_phase=True)
+        assert every.shape == (2, 3 + 4, 1, 32, 32)
+        torch.testing.assert_close(every[:, 3:], model(x, 4))
+        for k in range(1, 4):  # output k - 1 predicts frame k from frames 0..k-1
+            torch.testing.assert_close(every[:, k - 1], model(x[:, :k], 1)[:, 0])
+        forced = model(x, 4, target=target, sampling_ratio=1.0, input_phase=True)
+    torch.testing.assert_close(forced[:, :3], every[:, :3])
+
+
 def test_mslstm_accepts_any_input_length():
     model = tiny("mslstm-tiny").eval()
     with torch.no_grad():
@@ -119,6 +133,55 @@ def test_direct_models_check_their_input(name):
         model(torch.rand(1, 4, 2, 32, 32))
     with pytest.raises(ValueError):
         model(torch.rand(1, 4, 1, 30, 30))
+
+
+@pytest.mark.parametrize("name", sorted(models.PRESETS))
+def test_size_multiple_is_the_presets_own_down_sampling(name):
+    with torch.device("meta"):
+        model = build(name)
+    preset = models.PRESETS[name]
+    assert model.size_multiple <= 4
+    assert preset.height % model.size_multiple == 0 and preset.width % model.size_multiple == 0
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_run_padded_edge_pads_to_the_multiple_and_crops(name):
+    model = tiny(name).eval()
+    x, target = torch.rand(1, 4, 1, 14, 10), torch.rand(1, 4, 1, 14, 10)
+    padded = models.pad_to_multiple(x, 4)
+    assert padded.shape[-2:] == (16, 12)
+    torch.testing.assert_close(padded[..., 14:, :10], x[..., 13:, :].expand(-1, -1, -1, 2, -1))
+    torch.testing.assert_close(padded[..., :14, 10:], x[..., :, 9:].expand(-1, -1, -1, -1, 2))
+    assert models.pad_to_multiple(padded, 4) is padded
+    with torch.no_grad():
+        torch.testing.assert_close(models.run_padded(model, x, 4, 3), model(padded, 3)[..., :14, :10])
+        forced = models.run_padded(model, x, 4, target=target, sampling_ratio=1.0)
+    assert forced.shape == (1, 4, 1, 14, 10)
+
+
+def test_stlight_init_is_fan_out_on_encoder_and_mixers_default_on_readout():
+    torch.manual_seed(0)
+    model = build("stlight-tiny", dim=256)
+    mixer = model.mixers[0]
+    for conv in (mixer.spatial[0], mixer.spatial[1], mixer.channel[0], model.encoder[0]):
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]  # torch's, groups ignored
+        assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+    readout = model.readout.weight  # PyTorch default: uniform within 1 / sqrt(fan_in)
+    assert readout.abs().max().item() <= readout.shape[1] ** -0.5
+
+
+def test_tau_attention_keeps_the_default_init_mlp_is_fan_out():
+    torch.manual_seed(0)
+    block = models.TAUBlock(64, 64, mlp_ratio=4.0, drop_path=0.0)
+    for conv in (block.mlp.fc1, block.mlp.dw, block.mlp.fc2):
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1] // conv.groups
+        assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+    attention = [m for m in block.attn.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(attention) == 7
+    for layer in attention:  # kaiming_uniform_(a=sqrt(5)): uniform within 1 / sqrt(fan_in)
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.abs().max().item() <= fan_in ** -0.5
+        assert layer.weight.abs().max().item() > 0.9 * fan_in ** -0.5
 
 
 def test_scheduled_sampling_ratio_is_linear():
@@ -139,6 +202,7 @@ def test_differential_divergence():
     assert ddr > 0
     assert models.differential_divergence(pred, pred) == pytest.approx(0.0, abs=1e-7)
     assert models.differential_divergence(pred[:, :1], target[:, :1]) == 0.0
+    assert models.differential_divergence(pred[:, :2], target[:, :2]) == 0.0  # OpenSTL: 0 for T <= 2
     torch.testing.assert_close(models.tau_loss(pred, target),
                                ((pred - target) ** 2).mean() + 0.1 * ddr)
 

@@ -13,6 +13,7 @@ from nowcast import models
 from nowcast.models import MKLSTMCell, build, list_presets, parameter_count
 
 PUBLISHED = {r.name: r.published_parameters for r in list_presets() if r.published_parameters}
+PUBLISHED_MACS = {r.name: r.published_macs for r in list_presets() if r.published_macs}
 
 
 def meta_count(name: str, **overrides) -> int:
@@ -26,11 +27,35 @@ def test_parameter_count_matches_paper(name):
     assert abs(meta_count(name) - published) <= 0.005 * published
 
 
+@pytest.mark.parametrize("name", sorted(PUBLISHED_MACS))
+def test_macs_match_paper(name):
+    """MACs of one sample as the paper counts them (the STLight paper leaves depthwise convolutions out)."""
+    published = PUBLISHED_MACS[name]
+    assert abs(models.macs(name) - published) <= 0.01 * published
+
+
 def test_every_published_figure_is_checked():
     expected = {"tau-taxibj", "tau-mmnist", "stlight-xs-mmnist", "stlight-s-mmnist",
                 "stlight-m-mmnist", "stlight-l-mmnist", "stlight-s-taxibj", "stlight-m-taxibj",
                 "stlight-l-taxibj", "mslstm-mmnist"}
     assert expected <= set(PUBLISHED)
+    assert {"tau-taxibj", "tau-mmnist", "stlight-l-taxibj"} <= set(PUBLISHED_MACS)
+
+
+def test_stlight_l_taxibj_width_fits_macs_too(monkeypatch):
+    """d 256, de 36 (the earlier preset) matches the parameter count but not the published 2.71 G MACs."""
+    preset = models.PRESETS["stlight-l-taxibj"]
+    assert (preset.kwargs["dim"], preset.kwargs["depth"]) == (512, 10)
+    narrow = dataclasses.replace(preset, kwargs={**preset.kwargs, "dim": 256, "depth": 36})
+    monkeypatch.setitem(models.PRESETS, "stlight-narrow", narrow)
+    assert abs(meta_count("stlight-narrow") - 2_960_000) <= 0.005 * 2_960_000
+    assert models.macs("stlight-narrow") == pytest.approx(2.42e9, rel=0.005)
+
+
+def test_own_recounts_are_labelled():
+    rows = {r.name: r for r in list_presets()}
+    assert rows["mslstm-mmnist"].recount and "recount" in rows["mslstm-mmnist"].note
+    assert not any(rows[n].recount for n in ("tau-taxibj", "tau-mmnist", "stlight-l-taxibj"))
 
 
 def test_mk_lstm_cell_and_ms_lstm_counts_are_exact():
@@ -41,7 +66,7 @@ def test_mk_lstm_cell_and_ms_lstm_counts_are_exact():
     assert meta_count("mslstm-taxibj") == 6 * 1_262_784 + (2 * 64 + 64) + (64 * 2 + 2)
 
 
-@pytest.mark.parametrize("name", ["stlight-xs-mmnist", "stlight-l-mmnist", "stlight-m-taxibj"])
+@pytest.mark.parametrize("name", ["stlight-xs-mmnist", "stlight-l-mmnist", "stlight-m-taxibj", "stlight-l-taxibj"])
 def test_stlight_count_follows_the_architecture(name):
     """Patch conv + BN, de × (dw k1 + dw k2 + BN + 1×1 + BN), 1×1 readout after PixelShuffle."""
     k = models.PRESETS[name].kwargs
@@ -75,6 +100,10 @@ def test_list_presets_rows():
         assert r.parameters == meta_count(r.name)
         assert r.training is not None and r.training.lr > 0 and r.training.batch_size > 0
     assert rows["mslstm-mmnist"].training.scheduled_sampling
+    assert all(r.training.lr == 3e-3 for r in rows.values() if r.family == "stlight")  # paper Table 2
+    assert {r.training.schedule for n, r in rows.items() if n.startswith("stlight") and "taxibj" in n} == {"cosine"}
+    tau = rows["tau-taxibj"].training  # OpenSTL configs/taxibj/TAU.py
+    assert (tau.lr, tau.schedule, tau.warmup_epochs) == (5e-4, "cosine", 5)
     json.dumps([dataclasses.asdict(r) for r in rows.values()])
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ import torch
 from nowcast import archive
 from nowcast.checkpoint import CheckpointError, load_checkpoint
 from nowcast.synthetic import synthetic_radar
-from nowcast.training import _Trainer, train
+from nowcast.training import _scheduler, _Trainer, cosine_lr, train
 from nowcast.transforms import DBR
 
 pytestmark = pytest.mark.xdist_group("training")
@@ -56,6 +57,7 @@ def test_run_folder_and_checkpoint(full_run, store):
     assert isinstance(state["rng"]["torch"], torch.Tensor)
     assert state["data"]["variable"] == "rainrate" and state["data"]["patch"] == [32, 32]
     assert state["config"]["optimizer"] == "adam" and state["config"]["schedule"] == "onecycle"
+    assert state["config"]["grad_clip"] is None  # no reference clips gradients
     history = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["samples"] == 16 for h in history)
     assert all(np.isfinite(h["val_loss"]) for h in history)
@@ -65,6 +67,23 @@ def test_run_folder_and_checkpoint(full_run, store):
     assert load_checkpoint(run / "best.pt")["epoch"] == best["epoch"]
     with pytest.raises(FileExistsError, match="resume"):
         train(store, "tau-tiny", run, progress=False, **RUN)
+
+
+def test_cosine_schedule_is_openstls_per_epoch():
+    cfg = SimpleNamespace(schedule="cosine", lr=5e-4, epochs=10, warmup_epochs=5)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = _scheduler(cfg, optimizer, total_steps=30, steps_per_epoch=3)
+    lrs = []
+    for _ in range(30):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    per_epoch = lrs[::3]
+    assert lrs == [lr for lr in per_epoch for _ in range(3)]  # constant within an epoch
+    assert per_epoch == pytest.approx([cosine_lr(e, 10, 5e-4, 5) for e in range(10)])
+    assert per_epoch[0] == pytest.approx(1e-5) and per_epoch[4] < 5e-4  # warm-up from 1e-5
+    assert per_epoch[5] == pytest.approx(1e-6 + 0.5 * (5e-4 - 1e-6))  # the cosine counts from epoch 0
+    assert cosine_lr(10, 10, 5e-4, 5) == pytest.approx(1e-6)  # floor
 
 
 def test_checkpoint_refuses_other_files(tmp_path):
@@ -119,19 +138,49 @@ def test_mslstm_trains_with_scheduled_sampling(store, tmp_path, monkeypatch):
         ratios.append(real_ratio(step, total))
         return ratios[-1]
 
-    def forward(self, x, t_out=None, *, target=None, sampling_ratio=0.0):
-        calls.append((self.training, target is not None))
-        return real_forward(self, x, t_out, target=target, sampling_ratio=sampling_ratio)
+    def forward(self, x, t_out=None, *, target=None, sampling_ratio=0.0, input_phase=False):
+        calls.append((self.training, target is not None, input_phase))
+        return real_forward(self, x, t_out, target=target, sampling_ratio=sampling_ratio, input_phase=input_phase)
 
     monkeypatch.setattr(models, "scheduled_sampling_ratio", ratio)
     monkeypatch.setattr(models.MSLSTM, "forward", forward)
     result = train(store, "mslstm-tiny", tmp_path / "ms", epochs=2, steps_per_epoch=2, batch_size=2, patch=16,
                    t_in=4, t_out=2, fractions=(0.95, 0.05, 0.0), progress=False)
     assert ratios == [1.0, 0.75, 0.5, 0.25]  # linear from 1 to 0 over the 4 steps
-    assert [given for training, given in calls if training] == [True] * 4
-    assert not any(given for training, given in calls if not training)  # validation sees no truth
+    assert [(given, phase) for training, given, phase in calls if training] == [(True, True)] * 4
+    assert not any(given or phase for training, given, phase in calls if not training)  # validation: forecast only
     assert len(calls) > 4
-    assert load_checkpoint(result.last_checkpoint)["config"]["schedule"] == "constant"
+    config = load_checkpoint(result.last_checkpoint)["config"]
+    assert config["schedule"] == "constant" and config["input_phase_loss"]
+
+
+def test_mslstm_loss_covers_the_input_phase_unless_restricted(store, tmp_path, monkeypatch):
+    """The reference (MS-RNN) loss is over all S - 1 outputs; input_phase_loss=False keeps the forecast frames."""
+    from nowcast import models
+
+    shapes = []
+    real_loss = models.l1_l2_per_frame
+
+    def loss(pred, target):
+        shapes.append((pred.shape[1], target.shape[1]))
+        return real_loss(pred, target)
+
+    monkeypatch.setitem(models.registry.LOSSES, "mslstm", loss)
+    common = dict(epochs=1, steps_per_epoch=1, batch_size=2, patch=16, t_in=4, t_out=2, val_samples=1,
+                  fractions=(0.95, 0.05, 0.0), progress=False)
+    train(store, "mslstm-tiny", tmp_path / "all", **common)
+    train(store, "mslstm-tiny", tmp_path / "forecast", input_phase_loss=False, **common)
+    assert shapes == [(5, 5), (2, 2), (2, 2), (2, 2)]  # training then validation, per run
+    with pytest.raises(ValueError, match="MS-LSTM"):
+        train(store, "tau-tiny", tmp_path / "tau", input_phase_loss=True, **common)
+
+
+def test_domain_off_the_size_multiple_is_padded_as_in_forecasting(tmp_path):
+    obs = synthetic_radar(64, size=16, seed=1).isel(y=slice(0, 14), x=slice(0, 10))
+    result = train(obs, "tau-tiny", tmp_path / "odd", epochs=1, steps_per_epoch=1, batch_size=2,
+                   fractions=(0.8, 0.2, 0.0), progress=False)
+    assert load_checkpoint(result.last_checkpoint)["data"]["patch"] == [14, 10]
+    assert np.isfinite(result.history[0]["val_loss"])
 
 
 @pytest.mark.slow

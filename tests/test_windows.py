@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nowcast import archive
+from nowcast import archive, transforms
 from nowcast.synthetic import synthetic_radar, synthetic_traffic
 from nowcast.transforms import DBR, Log1p, MinMax, fit_minmax, from_dict
 from nowcast.windows import WindowDataset, gapless_starts, split_datasets, split_windows, tile_origins
@@ -88,20 +88,49 @@ def test_patches_and_wet_fraction_filter(radar_store):
     assert (frames >= 0.1).mean() < 0.5
 
 
-def test_split_datasets_fit_minmax_on_train_only(tmp_path):
+def test_split_datasets_fit_the_scaling_on_train_only(tmp_path):
     flows = synthetic_traffic(6, seed=2)
     flows["crowd_flow"][144:] *= 3  # busier later days: their peaks must not set the scaling
     store = tmp_path / "traffic.zarr"
     archive.write(flows, store)
     splits = split_datasets(store, 4, 4, fractions=(0.5, 0.25, 0.25))
-    assert isinstance(splits.transform, MinMax)
+    assert isinstance(splits.transform, Log1p)  # counts: log1p up to a robust top
     train_frames = np.concatenate(list(splits.train.iter_frames()))
-    assert splits.transform.lo == float(train_frames.min())
-    assert splits.transform.hi == float(train_frames.max())
-    assert splits.transform.hi < float(flows["crowd_flow"].max()) / 2
+    top = float(np.quantile(train_frames, transforms.TOP_QUANTILE))
+    assert splits.transform.max_rate == pytest.approx(top, rel=1e-6)
+    assert splits.transform.max_rate < float(flows["crowd_flow"].max()) / 2
     x, y = splits.val[0]
     assert x.shape == (4, 2, 32, 32) and splits.val.transform is splits.transform
     assert float(x.min()) >= 0.0
+    minmax = split_datasets(store, 4, 4, fractions=(0.5, 0.25, 0.25), transform="minmax").transform
+    assert minmax.lo == float(train_frames.min()) and minmax.hi == pytest.approx(top, rel=1e-6)
+
+
+@pytest.mark.parametrize("fit", [transforms.fit_minmax, transforms.fit_log1p])
+def test_fitted_top_is_a_quantile_and_larger_values_survive(fit, monkeypatch):
+    rng = np.random.default_rng(0)
+    batches = [rng.pareto(2.0, (7, 2, 16, 8)).astype("f4") for _ in range(12)]  # heavy-tailed counts
+    values = np.concatenate([b.ravel() for b in batches])
+    scaler = fit(batches)
+    top = scaler.hi if isinstance(scaler, MinMax) else scaler.max_rate
+    assert top == pytest.approx(float(np.quantile(values, 0.999)), rel=1e-6)
+    assert top < values.max() / 2
+    above = np.sort(values[values > top])
+    assert scaler.forward(above).max() > 1.0  # not clipped on the way in ...
+    np.testing.assert_allclose(scaler.inverse(scaler.forward(above)), above, rtol=1e-4)  # ... nor out
+    assert scaler.inverse(np.array([1e3], "f4"))[0] == pytest.approx(1.5 * values.max(), rel=1e-4)
+    assert from_dict(scaler.to_dict()) == scaler
+    monkeypatch.setattr(transforms, "SAMPLE_LIMIT", 5000)  # 21,504 values: every 8th kept, min and max exact
+    lo, thinned, hi = transforms.fit_range(batches)
+    assert (lo, hi) == (values.min(), values.max())
+    assert thinned == pytest.approx(float(np.quantile(values[::8], 0.999)), rel=1e-6)
+
+
+def test_checkpoints_of_earlier_versions_rebuild_their_transform():
+    assert from_dict({"kind": "log1p", "max_rate": 200.0}) == Log1p()
+    old = {"kind": "minmax", "lo": 0.0, "hi": 13856.0, "clip_min": 0.0, "max_scaled": 1.5}
+    assert from_dict(old) == MinMax(0.0, 13856.0, 0.0)
+    assert transforms.make(None, "rainrate") == DBR() and transforms.make(None, "accumulation") == Log1p()
 
 
 def test_rain_transforms_round_trip():
@@ -120,7 +149,7 @@ def test_rain_transforms_round_trip():
 
 
 def test_minmax_fit_and_inverse():
-    mm = fit_minmax([np.array([[2.0, np.nan]]), np.array([10.0, 4.0])], clip_min=0.0)
+    mm = fit_minmax([np.array([[2.0, np.nan]]), np.array([10.0, 4.0])], clip_min=0.0, quantile=1.0)
     assert (mm.lo, mm.hi) == (2.0, 10.0)
     np.testing.assert_allclose(mm.forward(np.array([2.0, 6.0, 10.0])), [0.0, 0.5, 1.0])
     np.testing.assert_allclose(mm.inverse(np.array([-1.0, 0.5])), [0.0, 6.0])

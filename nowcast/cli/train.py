@@ -45,6 +45,12 @@ def train(
     split: str = typer.Option("0.8,0.1,0.1", help="Train, validation and test fractions of the time axis."),
     block: Optional[str] = typer.Option(None, help="Split train/val/test by shuffled blocks of this duration "
                                                    "(e.g. 1D) (default: chronological)."),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this (default: off, "
+                                                         "as in the papers' code)."),
+    input_phase_loss: Optional[bool] = typer.Option(
+        None, "--input-phase-loss/--forecast-loss-only",
+        help="MS-LSTM: train on the input phase's one-step outputs too, as the reference code (default), "
+             "or on the forecast frames only."),
     patience: int = typer.Option(10, help="Early stopping: epochs without a lower validation loss (0: never)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA), bf16, fp16 or off."),
@@ -68,7 +74,7 @@ def train(
         result = run_training(
             archive, model, out, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
             t_in=t_in, t_out=t_out, patch=patch, min_wet_fraction=min_wet_fraction,
-            fractions=_fractions(split), block=block,
+            fractions=_fractions(split), block=block, grad_clip=grad_clip, input_phase_loss=input_phase_loss,
             patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
             num_workers=workers, tensorboard=tensorboard, progress=progress)
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:

@@ -12,7 +12,7 @@ only MS-LSTM uses ``target``/``sampling_ratio`` (scheduled sampling, see
 :func:`scheduled_sampling_ratio`).
 """
 
-from .base import DirectModel, SequenceModel
+from .base import DirectModel, SequenceModel, pad_to_multiple, run_padded
 from .losses import differential_divergence, l1_l2_per_frame, mse, tau_loss
 from .mslstm import MSLSTM, MKLSTMCell, scheduled_sampling_ratio
 from .registry import (
@@ -23,7 +23,9 @@ from .registry import (
     TrainingDefaults,
     build,
     family_of,
+    forward_flops,
     list_presets,
+    macs,
     paper_loss,
     parameter_count,
 )
@@ -33,6 +35,7 @@ from .tau import TAU, TAUBlock
 __all__ = [
     "FAMILIES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
     "STLight", "SequenceModel", "DirectModel", "TAU", "TAUBlock", "TrainingDefaults", "build",
-    "differential_divergence", "family_of", "l1_l2_per_frame", "list_presets", "mse",
-    "paper_loss", "parameter_count", "scheduled_sampling_ratio", "tau_loss",
+    "differential_divergence", "family_of", "forward_flops", "l1_l2_per_frame", "list_presets", "macs", "mse",
+    "pad_to_multiple", "paper_loss", "parameter_count", "run_padded", "scheduled_sampling_ratio",
+    "tau_loss",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -29,6 +30,11 @@ class SequenceModel(nn.Module):
             "t_in": self.t_in, "t_out": self.t_out, "in_channels": self.in_channels, **hyper,
         }
         self.preset: str | None = None
+
+    @property
+    def size_multiple(self) -> int:
+        """``H`` and ``W`` must be multiples of this (the network's total down-sampling)."""
+        return 1
 
     def _check_input(self, x: torch.Tensor, fixed_length: bool) -> None:
         if x.dim() != 5 or x.shape[2] != self.in_channels:
@@ -71,3 +77,27 @@ class DirectModel(SequenceModel):
                 x = torch.cat([x, y], dim=1)[:, -self.t_in:]
         y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
         return y[:, :t_out]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x: [..., H, W]`` edge-padded at the bottom and right up to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not (pad_h or pad_w):
+        return x
+    flat = F.pad(x.reshape(-1, 1, h, w), (0, pad_w, 0, pad_h), mode="replicate")
+    return flat.reshape(*x.shape[:-2], h + pad_h, w + pad_w)
+
+
+def run_padded(net: nn.Module, x: torch.Tensor, multiple: int, t_out: int | None = None,
+               *, target: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    """``net(x, t_out, target=target, **kwargs)`` with ``x`` and ``target`` padded by
+    :func:`pad_to_multiple`, the output cropped back to ``x``'s ``H × W``.
+
+    Training and forecasting both call networks through this, so a model sees
+    the same padding (none when ``H`` and ``W`` are already multiples) in both.
+    """
+    h, w = x.shape[-2:]
+    if target is not None:
+        kwargs["target"] = pad_to_multiple(target, multiple)
+    return net(pad_to_multiple(x, multiple), t_out, **kwargs)[..., :h, :w]

@@ -20,10 +20,10 @@ def differential_divergence(pred: torch.Tensor, target: torch.Tensor,
 
     Forward frame differences ``[B, T-1, C·H·W]`` become distributions by a
     softmax at temperature ``tau``; returns KL(pred ‖ target) averaged over
-    all elements. Zero when ``T < 2``.
+    all elements. Zero when ``T <= 2``, as in OpenSTL.
     """
     b, t = pred.shape[:2]
-    if t < 2:
+    if t <= 2:
         return pred.new_zeros((), dtype=torch.float32)
     dp = (pred[:, 1:] - pred[:, :-1]).float().reshape(b, t - 1, -1) / tau
     dt = (target[:, 1:] - target[:, :-1]).float().reshape(b, t - 1, -1) / tau

@@ -78,6 +78,10 @@ class MSLSTM(SequenceModel):
         self.cells = nn.ModuleList([MKLSTMCell(hidden, hidden) for _ in LEVELS])
         self.readout = nn.Conv2d(hidden, in_channels, 1)
 
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** max(LEVELS)
+
     def initial_state(self, x: torch.Tensor) -> list[State]:
         """Zero states for a batch like ``x: [B, T, C, H, W]``, one per cell."""
         b, _, _, h, w = x.shape
@@ -110,16 +114,21 @@ class MSLSTM(SequenceModel):
         *,
         target: torch.Tensor | None = None,
         sampling_ratio: float | torch.Tensor = 0.0,
+        input_phase: bool = False,
     ) -> torch.Tensor:
         """``[B, T, C, H, W]`` -> ``[B, t_out, C, H, W]``.
 
         In the output phase each input frame is the previous prediction, or,
         with ``target: [B, >= t_out - 1, C, H, W]``, the true frame with
         probability ``sampling_ratio`` (one Bernoulli draw per sample and step).
+        ``input_phase=True`` also returns the one-step predictions of input
+        frames 2..T made during the input phase: ``[B, T - 1 + t_out, C, H, W]``,
+        all S - 1 outputs the reference code (MS-RNN) trains on.
         """
         self._check_input(x, fixed_length=False)
-        if x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ValueError(f"MS-LSTM needs H and W divisible by 4, got {tuple(x.shape[-2:])}")
+        if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
+            raise ValueError(f"MS-LSTM needs H and W divisible by {self.size_multiple}, "
+                             f"got {tuple(x.shape[-2:])}")
         t_out = self.t_out if t_out is None else int(t_out)
         t_in = x.shape[1]
         teacher = target is not None and not (
@@ -137,7 +146,7 @@ class MSLSTM(SequenceModel):
             else:
                 frame = preds[-1]
             z, states = self.step(frame, states, weights)
-            if t >= t_in - 1:
+            if input_phase or t >= t_in - 1:
                 preds.append(self.readout(z))
         return torch.stack(preds, dim=1)
 

@@ -36,7 +36,9 @@ class STLight(DirectModel):
     Args: ``dim`` patch width d (divisible by ``patch ** 2``), ``depth``
     mixer blocks de, ``patch`` patch size and stride p (H, W divisible by
     it), ``k1``/``k2`` depthwise kernels. A long skip adds the input of block
-    ``depth // 3`` to the input of block ``2 * depth // 3``.
+    ``depth // 3`` to the input of block ``2 * depth // 3``. Encoder and mixer
+    convolutions start from ``kaiming_normal_(mode="fan_out",
+    nonlinearity="relu")`` as in the paper's hybrid model.
     """
 
     family = "stlight"
@@ -57,10 +59,14 @@ class STLight(DirectModel):
         self.skip_from, self.skip_to = depth // 3, 2 * depth // 3
         self.unpatch = nn.PixelShuffle(patch)
         self.readout = nn.Conv2d(dim // (patch * patch), t_out * in_channels, 1)
-        for m in [*self.encoder.modules(), *self.mixers.modules()]:
+        for m in [*self.encoder.modules(), *self.mixers.modules()]:  # the readout keeps the default
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.patch
 
     def predict_block(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c, h, w = x.shape

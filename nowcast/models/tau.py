@@ -2,7 +2,10 @@
 
 Per-frame convolutional encoder, a translator of MetaFormer-style TAU blocks
 acting on time folded into channels, and a mirrored decoder. Initialisation
-and the drop-path schedule follow the reference code (OpenSTL).
+and the drop-path schedule follow the reference code (OpenSTL): encoder and
+decoder convolutions truncated normal (std 0.02); in each TAU block the MLP
+fan-out normal, while the attention branch keeps PyTorch's default, since
+OpenSTL's ``TAUSubBlock`` swaps it in after its parent's initialisation.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class TAUBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.gamma1 = nn.Parameter(torch.full((dim, 1, 1), layer_scale))
         self.gamma2 = nn.Parameter(torch.full((dim, 1, 1), layer_scale))
-        self.apply(_init_translator)
+        self.mlp.apply(_init_fan_out)
         self.reduction = nn.Conv2d(dim, dim_out, 1) if dim_out != dim else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,10 +167,9 @@ class TAUBlock(nn.Module):
         return self.reduction(x)
 
 
-def _init_translator(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-    elif isinstance(m, nn.Conv2d):
+def _init_fan_out(m: nn.Module) -> None:
+    """OpenSTL's conv init: normal with std sqrt(2 / fan_out), fan_out per group; zero bias."""
+    if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
         nn.init.zeros_(m.bias)
@@ -208,6 +210,10 @@ class TAU(DirectModel):
             for i, rate in enumerate(drop_path_rates(n_t, drop_path))
         ])
         self.decoder = Decoder(hid_s, in_channels, n_s)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.scale
 
     def predict_block(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c, h, w = x.shape
