@@ -39,6 +39,10 @@ def _transform(grid: Grid):
     return Affine(dx, 0.0, left, 0.0, -dy, top)
 
 
+#: Largest target grid accepted (2.2e8 cells: 0.8 GiB a float32 frame, a 1 km grid of a whole continent).
+MAX_CELLS = 220_000_000
+
+
 def target_grid(source: Grid, crs, resolution: float | tuple[float, float],
                 bounds: tuple[float, float, float, float] | None = None) -> Grid:
     """A north-up grid in ``crs`` at ``resolution``; ``bounds`` (left, bottom, right, top, in
@@ -53,6 +57,14 @@ def target_grid(source: Grid, crs, resolution: float | tuple[float, float],
                              top - (top - bottom) * t])
         tx, ty = pyproj.Transformer.from_crs(source.crs, crs, always_xy=True).transform(xs, ys)
         bounds = (float(np.min(tx)), float(np.min(ty)), float(np.max(tx)), float(np.max(ty)))
+    rx, ry = (resolution, resolution) if np.ndim(resolution) == 0 else resolution
+    if not (np.isfinite(rx) and np.isfinite(ry) and rx > 0 and ry > 0):
+        raise ValueError(f"resolution must be positive cell sizes in {crs.axis_info[0].unit_name}s, got {resolution}")
+    nx, ny = (bounds[2] - bounds[0]) / rx, (bounds[3] - bounds[1]) / ry
+    if nx * ny > MAX_CELLS:
+        raise ValueError(f"resolution {resolution} would make a {nx:,.0f} x {ny:,.0f} grid "
+                         f"({4 * nx * ny / 2**30:,.1f} GiB a frame, over the {MAX_CELLS:,} cell limit); "
+                         "choose a coarser resolution or smaller bounds")
     return Grid.from_bounds(crs, *bounds, resolution)
 
 

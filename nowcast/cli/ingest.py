@@ -60,7 +60,7 @@ def ingest(
     from nowcast.ingest import ingest as run_ingest
     from nowcast.sources import SourceError, get_source
 
-    console = Console()
+    console = Console(soft_wrap=True)  # in logs, whole lines: paths are never cut
     logging.getLogger("nowcast.ingest").setLevel(logging.ERROR)  # skipped files go to the table below
     paths = list(paths or [])
     if source.lower() != "auto":
@@ -83,12 +83,16 @@ def ingest(
                   f"{len(report.ingested)} files; {len(report.unchanged)} already archived; "
                   f"{len(report.skipped)} skipped")
     if report.skipped:
-        table = Table(title="skipped files")
-        table.add_column("file")
-        table.add_column("reason")
-        for path, reason in report.skipped:
-            table.add_row(str(path), reason)
-        console.print(table)
+        if console.is_terminal:
+            table = Table(title="skipped files")
+            table.add_column("file", overflow="fold")
+            table.add_column("reason", overflow="fold")
+            for path, reason in report.skipped:
+                table.add_row(str(path), reason)
+            console.print(table)
+        else:  # logs: one whole line per file, never cut to a terminal width
+            for path, reason in report.skipped:
+                print(f"skipped {path}: {reason}")
         raise typer.Exit(1)
 
 

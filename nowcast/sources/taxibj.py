@@ -113,7 +113,10 @@ def first_time(path) -> pd.Timestamp:
         dates = np.array([d.decode() if isinstance(d, bytes) else str(d) for d in f["date"][...]])
         shape = tuple(f["data"].shape[2:])
     city = _city(path, shape)
-    starts = _slot_starts(dates, _step(path, dates), city.slot_format)
+    try:
+        starts = _slot_starts(dates, _step(path, dates), city.slot_format)
+    except ValueError as err:
+        raise SourceError(path, str(err)) from err
     return pd.Timestamp(starts.min()).tz_localize(city.timezone, ambiguous=True, nonexistent="shift_forward") \
         .tz_convert("UTC").tz_localize(None)
 
