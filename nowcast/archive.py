@@ -28,7 +28,9 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -157,10 +159,25 @@ def times(store: str | os.PathLike) -> pd.DatetimeIndex:
 
 # -- writing -------------------------------------------------------------------------------------------------
 
-def lock(store: str | os.PathLike, timeout: float = LOCK_TIMEOUT) -> FileLock:
-    """The archive's inter-process writer lock (``<store>.lock`` beside it), as a context manager."""
-    store = Path(store)
-    return FileLock(str(store.with_name(store.name + ".lock")), timeout=timeout)
+def lock(store: str | os.PathLike, timeout: float = LOCK_TIMEOUT):
+    """Hold the archive's inter-process writer lock (``<store>.lock`` beside it): ``with lock(store):``.
+
+    Re-entrant within a thread (one ``FileLock`` per store and process), exclusive between threads and
+    processes. Raises :class:`ArchiveLocked` after ``timeout`` seconds of waiting.
+    """
+    store = Path(store).absolute()
+    path = str(store.with_name(store.name + ".lock"))
+    with _LOCKS_GUARD:
+        file_lock = _LOCKS.setdefault(path, FileLock(path))
+    try:
+        return file_lock.acquire(timeout=timeout)
+    except Timeout:
+        raise ArchiveLocked(f"{store}: another writer has held its lock ({store.name}.lock) for more than "
+                            f"{timeout:g} s; try again when it has finished") from None
+
+
+_LOCKS: dict[str, FileLock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 def write(ds: xr.Dataset, store: str | os.PathLike, *, lock_timeout: float = LOCK_TIMEOUT) -> int:
@@ -176,17 +193,59 @@ def write(ds: xr.Dataset, store: str | os.PathLike, *, lock_timeout: float = LOC
     """
     validate(ds, forecast=False)
     store = Path(store)
-    try:
-        with lock(store, lock_timeout):
-            _clean_leftovers(store)
-            if not exists(store):
-                if store.exists():
-                    raise ArchiveError(f"{store}: exists but is not a nowcast archive; refusing to overwrite")
-                return _create(ds, store)
-            return _fill(ds, store)
-    except Timeout:
-        raise ArchiveLocked(f"{store}: another writer has held its lock ({store.name}.lock) for more than "
-                            f"{lock_timeout:g} s; try again when it has finished") from None
+    with lock(store, lock_timeout):
+        _clean_leftovers(store)
+        if not exists(store):
+            if store.exists():
+                raise ArchiveError(f"{store}: exists but is not a nowcast archive; refusing to overwrite")
+            return _create(ds, store)
+        group, record, slots = _target(ds, store)
+        return _write_slots(ds, group, record, slots, store)
+
+
+def reserve(store: str | os.PathLike, times: Sequence) -> None:
+    """Grow the archive so that ``times`` have slots (for :func:`stage`); the caller holds :func:`lock`."""
+    store = Path(store)
+    record = _record(store)
+    needed = int(_slots_of(record, pd.DatetimeIndex(times), store).max()) + 1 if len(times) else 0
+    array = zarr.open_group(str(store), mode="r+")[record["variable"]]
+    if array.shape[0] < needed:
+        array.resize((needed,) + array.shape[1:])
+
+
+def stage(ds: xr.Dataset, store: str | os.PathLike, slot_range: tuple[int, int] | None = None) -> pd.DatetimeIndex:
+    """Write the frames of ``ds`` not yet present into their reserved slots, without committing them.
+
+    For parallel writers (Dask workers) under one lock holder, who then calls
+    :func:`commit`; ``slot_range`` (start, stop) is this writer's share of the
+    axis, in whole chunks, so no two writers touch one chunk. Returns the times written.
+    """
+    validate(ds, forecast=False)
+    store = Path(store)
+    group, record, slots = _target(ds, store)
+    variable = record["variable"]
+    new = ~np.isin(slots, _present(record))
+    outside = (slots >= group[variable].shape[0]) if slot_range is None else (
+        (slots < slot_range[0]) | (slots >= slot_range[1]))
+    if (new & outside).any():
+        raise ArchiveError(f"{store}: time {pd.DatetimeIndex(ds['time'].values)[new & outside][0]} is outside "
+                           "the slots reserved for this writer (its file name and content disagree on the time?)")
+    _write_regions(group[variable], slots[new], _values(ds, group[variable])[new])
+    return pd.DatetimeIndex(ds["time"].values)[new]
+
+
+def commit(store: str | os.PathLike, times: Sequence) -> int:
+    """Mark staged ``times`` as present (one atomic write); return how many were new. The caller holds
+    :func:`lock`."""
+    store = Path(store)
+    record = _record(store)
+    slots = _slots_of(record, pd.DatetimeIndex(times), store)
+    present = _present(record)
+    new = np.setdiff1d(slots, present)
+    if new.size:
+        _commit(store, dict(record, slots=max(record["slots"], int(slots.max()) + 1),
+                            present=_ranges(np.union1d(present, new))))
+    return int(new.size)
 
 
 def _clean_leftovers(store: Path) -> None:
@@ -202,15 +261,15 @@ def _create(ds: xr.Dataset, store: Path) -> int:
         raise ArchiveError(f"{store}: an archive holds one variable, got {data_variables(ds)}")
     step, first = time_step(ds), pd.Timestamp(ds["time"].values.min())
     origin = first - ((first - EPOCH) // step) * step
-    record = {"format": FORMAT, "t0": str(origin), "step": str(step),
+    record = {"format": FORMAT, "variable": variable, "t0": str(origin), "step": str(step),
               "slots": 0, "present": [], "time_attrs": dict(ds["time"].attrs)}
     slots = _slots_of(record, pd.DatetimeIndex(ds["time"].values), store)
     tmp = store.with_name(f".{store.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        _skeleton(ds, variable).to_zarr(tmp, mode="w", compute=False, consolidated=False,
-                                                               zarr_format=2, encoding=_encoding(ds, variable))
+        _skeleton(ds, variable).to_zarr(tmp, mode="w", compute=False, consolidated=False, zarr_format=2,
+                                        encoding=_encoding(ds, variable))
         group = zarr.open_group(str(tmp), mode="r+")
-        added = _write_slots(ds, variable, group, record, slots, tmp)
+        added = _write_slots(ds, group, record, slots, tmp)
         tmp.rename(store)
     finally:
         if tmp.exists():
@@ -241,7 +300,9 @@ def _encoding(ds: xr.Dataset, variable: str) -> dict:
     return enc
 
 
-def _fill(ds: xr.Dataset, store: Path) -> int:
+def _target(ds: xr.Dataset, store: Path) -> tuple[zarr.Group, dict, np.ndarray]:
+    """The store's group, commit record and the slots of ``ds``'s times, after checking that ``ds``
+    fits the archive (grid, variable, time step)."""
     current = open_archive(store, validate_model=False)
     problem = Grid.of(current).same_as(Grid.of(ds))
     if problem:
@@ -251,28 +312,42 @@ def _fill(ds: xr.Dataset, store: Path) -> int:
                            f"{data_variables(current)}")
     if time_step(ds) != time_step(current):
         raise ArchiveError(f"{store}: time step {time_step(ds)} differs from the archive's {time_step(current)}")
-    group = zarr.open_group(str(store), mode="r+")
     record = _record(store)
-    slots = _slots_of(record, pd.DatetimeIndex(ds["time"].values), store)
-    return _write_slots(ds, data_variables(ds)[0], group, record, slots, store)
+    return (zarr.open_group(str(store), mode="r+"), record,
+            _slots_of(record, pd.DatetimeIndex(ds["time"].values), store))
 
 
-def _write_slots(ds: xr.Dataset, variable: str, group: zarr.Group, record: dict, slots: np.ndarray,
-                 store: Path) -> int:
+def _values(ds: xr.Dataset, array: zarr.Array) -> np.ndarray:
+    """The data variable of ``ds`` as float32 in the stored dimension order."""
+    var = ds[data_variables(ds)[0]]
+    return var.transpose(*array.attrs["_ARRAY_DIMENSIONS"]).values.astype("f4", copy=False)
+
+
+def _write_slots(ds: xr.Dataset, group: zarr.Group, record: dict, slots: np.ndarray, store: Path) -> int:
     """Write the frames of ``ds`` not yet present into ``slots``, then commit them (the last store write)."""
     present = _present(record)
     new = ~np.isin(slots, present)
     if not new.any():
         return 0
-    array = group[variable]
+    array = group[record["variable"]]
     needed = int(slots.max()) + 1
     if array.shape[0] < needed:
         array.resize((needed,) + array.shape[1:])
-    values = ds[variable].transpose(*array.attrs["_ARRAY_DIMENSIONS"]).values.astype("f4", copy=False)
-    _write_regions(array, slots[new], values[new])
+    _write_regions(array, slots[new], _values(ds, array)[new])
     _commit(store, dict(record, slots=max(record["slots"], needed), present=_ranges(np.union1d(present, slots[new]))))
     log.info("wrote %d frames into %s", int(new.sum()), store)
     return int(new.sum())
+
+
+def slots(store: str | os.PathLike, times: Sequence) -> np.ndarray:
+    """Slot index of each of ``times`` on the archive's axis."""
+    return _slots_of(_record(Path(store)), pd.DatetimeIndex(times), Path(store))
+
+
+def chunk_frames(store: str | os.PathLike) -> int:
+    """Frames per stored chunk along time (parallel writers split the axis at multiples of it)."""
+    record = _record(Path(store))
+    return int(zarr.open_group(str(store), mode="r")[record["variable"]].chunks[0])
 
 
 def _commit(store: Path, record: dict) -> None:
@@ -294,4 +369,4 @@ def _write_regions(array: zarr.Array, slots: np.ndarray, values: np.ndarray) -> 
 
 
 __all__ = ["ArchiveError", "ArchiveLocked", "SchemaError", "exists", "open_archive", "write", "times",
-           "time_chunk", "lock"]
+           "time_chunk", "lock", "reserve", "stage", "commit", "slots", "chunk_frames"]

@@ -15,9 +15,11 @@ the batch goes on in a fresh pool.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -30,16 +32,42 @@ from nowcast.sources import Source, SourceError, get_source
 
 log = logging.getLogger(__name__)
 
+# errno values of I/O failures worth a retry (network file systems, busy devices).
+TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY,
+                    errno.ECONNRESET, errno.ENETDOWN, errno.ENETUNREACH}
+RETRIES, RETRY_DELAY_S = 2, 1.0
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """True when ``error`` (or an error it was raised from) is an I/O failure that may go away."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+            return True
+        error = error.__cause__
+    return False
+
+
 def read_file(source: str | Source, path: str | os.PathLike | None, options: dict, strict: bool = False
               ) -> xr.Dataset | BaseException:
     """Decode one file of ``source`` (a name or a :class:`Source`; path None for a generated source).
 
     Returns the reader's exception instead of raising it, so a bad file is a
     result like any other; with ``strict`` an unexpected reader error (a bug,
-    not a bad file) is raised.
+    not a bad file) is raised. Transient I/O errors are retried twice, a second apart.
     """
+    reader = source if isinstance(source, Source) else get_source(source)
+    for attempt in range(RETRIES + 1):
+        result = _read_once(reader, path, options, strict)
+        if not (isinstance(result, BaseException) and is_transient(result)) or attempt == RETRIES:
+            return result
+        log.warning("transient error reading %s (%s); retrying", path, result)
+        time.sleep(RETRY_DELAY_S)
+    return result
+
+
+def _read_once(reader: Source, path, options: dict, strict: bool) -> xr.Dataset | BaseException:
     try:
-        return (source if isinstance(source, Source) else get_source(source)).open(path, **options)
+        return reader.open(path, **options)
     except (SourceError, SchemaError, OSError) as err:
         return err
     except Exception as err:  # noqa: BLE001 - a reader bug on one file must not stop the archive
@@ -167,4 +195,4 @@ def decoder(workers: int = 2, processes: bool = False) -> ThreadDecoder | Proces
     return ProcessDecoder(workers) if processes else ThreadDecoder(workers)
 
 
-__all__ = ["read_file", "ThreadDecoder", "ProcessDecoder", "DecoderCrash", "decoder"]
+__all__ = ["read_file", "is_transient", "ThreadDecoder", "ProcessDecoder", "DecoderCrash", "decoder"]

@@ -70,14 +70,18 @@ class IngestReport:
 
 def list_files(source: str | None, paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files named by ``paths``; folders are searched recursively for the source's file names
-    (any known source when ``source`` is None)."""
+    (any known source when ``source`` is None). A folder with none of them is an error."""
     from nowcast.sources import SOURCES
 
     wanted = [get_source(source)] if source else [s for s in SOURCES.values() if s.name_pattern]
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and any(s.matches(p) for s in wanted))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and any(s.matches(p) for s in wanted))
+            if not found:
+                raise ValueError(f"{path}: no {source or 'radar or traffic'} files in this folder "
+                                 f"(see `nowcast sources` for the file names each source reads)")
+            files += found
         else:
             files.append(path)
     return files
@@ -174,8 +178,7 @@ class Ingestor:
         """Take the decoded dataset of ``path`` (or its reader's exception); write when a batch is full."""
         label = path if path is not None else Path(f"<{self.source}>")
         if isinstance(result, BaseException):
-            reason = result.reason if isinstance(result, SourceError) else f"{type(result).__name__}: {result}"
-            self.skip(label, reason)
+            self.skip(label, reason_of(result))
             return
         try:
             validate(result, forecast=False)
@@ -261,6 +264,11 @@ class Ingestor:
         return self.report
 
 
+def reason_of(error: BaseException) -> str:
+    """Why a file was skipped, from its reader's (or the archive's) exception."""
+    return error.reason if isinstance(error, SourceError) else f"{type(error).__name__}: {error}"
+
+
 def check_options(source: str, options: dict) -> None:
     """Refuse reader options the source does not take (a usage error, not a bad file)."""
     params = inspect.signature(get_reader(source)).parameters
@@ -286,6 +294,7 @@ def ingest(
     on_error: str = "skip",
     workers: int = 2,
     processes: bool = False,
+    client=None,
     **options,
 ) -> IngestReport:
     """Ingest files of ``source`` into the archive ``store``; never aborts on a bad file.
@@ -301,6 +310,9 @@ def ingest(
         processes: decode in spawned worker processes (:class:`nowcast.decoding.ProcessDecoder`):
             a file whose decoder crashes natively is reported and skipped, the rest of the
             batch is kept. Threads otherwise (faster to start).
+        client: a ``distributed.Client``: its workers decode the files and write their frames into
+            the archive themselves (:func:`stage_files`); this process holds the archive's lock and
+            commits. Sequence sources (one file, many frames) are decoded here.
         options: passed to the reader (e.g. ``zr="source"``, ``coarsen=4``,
             ``holidays=...``).
 
@@ -309,6 +321,10 @@ def ingest(
     """
     job = Ingestor(source, store, batch_frames=batch_frames, on_error=on_error, options=options)
     planned = job.plan(paths)
+    kind = get_source(job.source) if job.source else None
+    if client is not None and planned and kind.needs_files and not kind.sequence:
+        _ingest_on_cluster(job, planned, client)
+        return job.finish()
     position = 0
     with decoder(workers, processes) as decode:
         while position < len(planned):
@@ -317,3 +333,54 @@ def ingest(
                 job.add(path, result)
             position += len(chunk)
     return job.finish()
+
+
+def stage_files(source: str, paths: Sequence[str], store: str, options: dict,
+                slot_range: tuple[int, int]) -> list[tuple[str, list | str]]:
+    """Worker side of a cluster ingest: decode ``paths`` and write their frames into their slots of
+    ``store`` (uncommitted, within ``slot_range``). Returns per file the times written or why it was
+    skipped; needs no Prefect API and sends no frames back."""
+    out: list[tuple[str, list | str]] = []
+    for path in paths:
+        result = read_file(source, path, options)
+        if isinstance(result, BaseException):
+            out.append((path, reason_of(result)))
+            continue
+        try:
+            out.append((path, list(archive.stage(result, store, slot_range).values)))
+        except (archive.ArchiveError, SchemaError) as err:
+            out.append((path, str(err)))
+    return out
+
+
+def _ingest_on_cluster(job: Ingestor, planned: list[Path], client) -> None:
+    """Map :func:`stage_files` over groups of files that share no Zarr chunk; commit each group's frames."""
+    from distributed import as_completed
+
+    source = get_source(job.source)
+    with archive.lock(job.store):
+        while planned and not archive.exists(job.store):  # the first good file creates the archive here
+            first = planned.pop(0)
+            job.add(first, read_file(source, first, job.options))
+            job.flush()
+        if not planned:
+            return
+        times = pd.DatetimeIndex([source.time_of(p) for p in planned])
+        archive.reserve(job.store, times)
+        per_chunk = archive.chunk_frames(job.store)
+        chunks = archive.slots(job.store, times) // per_chunk
+        groups = {c: [str(p) for p, k in zip(planned, chunks) if k == c] for c in np.unique(chunks)}
+        futures = [client.submit(stage_files, source.name, files, str(job.store), job.options,
+                                 (int(c) * per_chunk, (int(c) + 1) * per_chunk), pure=False)
+                   for c, files in groups.items()]
+        for future in as_completed(futures):
+            staged = []
+            for path, outcome in future.result():
+                if isinstance(outcome, str):
+                    job.skip(Path(path), outcome)
+                elif outcome:
+                    staged += outcome
+                    job.report.ingested.append(Path(path))
+                else:
+                    job.report.unchanged.append(Path(path))
+            job.report.frames_added += archive.commit(job.store, staged)

@@ -184,10 +184,25 @@ def test_concurrent_writers_store_every_frame_once_and_report_truly(tmp_path):
 
 
 def test_a_held_lock_times_out_with_a_clear_error(tmp_path):
+    import threading
+
     store = tmp_path / "a.zarr"
-    with archive.lock(store):
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer():
+        with archive.lock(store):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    held.wait(10)
+    try:
         with pytest.raises(archive.ArchiveLocked, match="another writer has held its lock"):
             archive.write(_radar(2), store, lock_timeout=0.2)
+    finally:
+        release.set()
+        thread.join()
     assert archive.write(_radar(2), store) == 2
 
 
