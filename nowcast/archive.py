@@ -180,6 +180,19 @@ _LOCKS: dict[str, FileLock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
+def check_writable(store: str | os.PathLike) -> None:
+    """Refuse, before any work, a store whose folder cannot be written (names the folder)."""
+    import tempfile
+
+    store = Path(store).absolute()
+    parent = store.parent
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ArchiveError(f"{store}: cannot write in {parent} ({err.strerror or err})") from None
+
+
 def write(ds: xr.Dataset, store: str | os.PathLike, *, lock_timeout: float = LOCK_TIMEOUT) -> int:
     """Write the frames of ``ds`` into their slots of the archive at ``store``; return frames added.
 
@@ -369,4 +382,4 @@ def _write_regions(array: zarr.Array, slots: np.ndarray, values: np.ndarray) -> 
 
 
 __all__ = ["ArchiveError", "ArchiveLocked", "SchemaError", "exists", "open_archive", "write", "times",
-           "time_chunk", "lock", "reserve", "stage", "commit", "slots", "chunk_frames"]
+           "time_chunk", "lock", "check_writable", "reserve", "stage", "commit", "slots", "chunk_frames"]

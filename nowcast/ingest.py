@@ -112,6 +112,7 @@ class Ingestor:
         self._have = pd.DatetimeIndex([])
         if self.store.exists() and not archive.exists(self.store):
             raise archive.ArchiveError(f"{self.store}: exists but is not a nowcast archive")
+        archive.check_writable(self.store)
         if archive.exists(self.store):
             current = archive.open_archive(self.store, validate_model=False)
             self._grid, self._variable = Grid.of(current), data_variables(current)[0]

@@ -20,7 +20,6 @@ app = typer.Typer(
 )
 
 
-
 def console():
     """A rich console; when output is not a terminal (logs, CI) tables are 120 columns, not 80."""
     from rich.console import Console
@@ -36,5 +35,13 @@ for _module in pkgutil.iter_modules(__path__):
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: any file-system error a verb did not handle ends in one line
+    naming the path (exit 2), not a traceback."""
+    try:
+        app()
+    except OSError as err:
+        from rich.console import Console
+
+        where = f" {err.filename}:" if err.filename else ""
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/]{where} {err.strerror or err}")
+        raise SystemExit(2) from None
