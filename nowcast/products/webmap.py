@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,11 @@ def to_web_mercator(values: np.ndarray, x: np.ndarray, y: np.ndarray, crs: pypro
     source resolution, its longer edge at most ``max_size`` pixels.
     """
     da = xr.DataArray(values, dims=("band", "y", "x"), coords={"y": y, "x": x})
-    da = da.rio.write_crs(crs.to_wkt()).rio.write_nodata(np.nan)
+    with warnings.catch_warnings():
+        # rioxarray also writes CF attributes, which cannot hold the Swiss oblique Mercator's
+        # rectified-grid angle; the reprojection uses the full CRS.
+        warnings.filterwarnings("ignore", message="angle from rectified to skew grid")
+        da = da.rio.write_crs(crs.to_wkt()).rio.write_nodata(np.nan)
     left, bottom, right, top = da.rio.bounds()
     _, width, height = calculate_default_transform(da.rio.crs, WEB_MERCATOR, da.rio.width, da.rio.height,
                                                    left=left, bottom=bottom, right=right, top=top)
