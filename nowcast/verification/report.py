@@ -266,27 +266,29 @@ def write_report(scores: xr.Dataset, table: pd.DataFrame, cases: Sequence[Case],
     return report, figures
 
 
-def _map_case(cases: Sequence[Case]) -> tuple[pd.Timestamp, dict[str, Path]]:
-    """The issue time with the most methods (latest on ties) and its forecast file per method."""
+def _map_case(cases: Sequence[Case]) -> tuple[pd.Timestamp, dict[str, Path], list[str]]:
+    """The issue time with the most methods (latest on ties), its forecast file per method (at most
+    :data:`MAX_MAP_ROWS`) and the methods left out."""
     files: dict[pd.Timestamp, dict[str, Path]] = defaultdict(dict)
     for case in cases:
         if case.path is not None:
             files[case.reference_time].setdefault(case.method, case.path)
     if not files:
-        return pd.NaT, {}
+        return pd.NaT, {}, []
     when = max(files, key=lambda t: (len(files[t]), t))
-    ordered = sorted(files[when], key=_method_order)[:MAX_MAP_ROWS]
-    return when, {name: files[when][name] for name in ordered}
+    ordered = sorted(files[when], key=_method_order)
+    return when, {name: files[when][name] for name in ordered[:MAX_MAP_ROWS]}, ordered[MAX_MAP_ROWS:]
 
 
 def _report_maps(maps, scores: xr.Dataset, cases: Sequence[Case], obs: xr.Dataset, fig_dir: Path,
                  animate: bool) -> list[tuple[str, Path]]:
-    when, paths = _map_case(cases)
+    when, paths, left_out = _map_case(cases)
     if not paths:
         return []
     forecasts = {name: open_forecast(path) for name, path in paths.items()}
     issued = f"{when:%Y-%m-%d %H:%M} UTC"
-    figures = [(f"Forecasts issued {issued} and observations",
+    figures = [(f"Forecasts issued {issued} and observations"
+                + (f" (left out: {', '.join(left_out)})" if left_out else ""),
                 maps.plot_forecast_panels(forecasts, obs, fig_dir / "forecast_panels.png"))]
     if "threshold" in scores.coords and scores.sizes.get("threshold", 0):
         threshold = float(scores["threshold"].min())
