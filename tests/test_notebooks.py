@@ -131,7 +131,13 @@ def test_03_verify(run_notebook, workdir):
 
 
 def test_02b_forecast_traffic(run_notebook, tmp_path):
+    """Run twice in one folder, as an analyst re-running it: the second run replaces its own outputs."""
+    run_notebook("02b_forecast_traffic.ipynb", tmp_path, DATA=None)
     nb = run_notebook("02b_forecast_traffic.ipynb", tmp_path, DATA=None)
+    assert sorted(p.name for p in (tmp_path / "outputs/notebooks/02b/runs").iterdir()) == [
+        "mslstm-tiny", "stlight-tiny", "tau-tiny"]
+    assert any("training 3 model(s)" in out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", []))
     assert_figures(tmp_path / "outputs/notebooks/02b",
                    ["flows_at_issue_time.png", "panels_inflow.png", "panels_outflow.png", "rmse_vs_lead.png",
                     "mae_vs_lead.png", "animation_stlight-tiny.gif"])

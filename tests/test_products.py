@@ -27,10 +27,6 @@ from nowcast.products.palette import CROWD_FLOW, RAIN_RATE, RAIN_RATE_COLORS, RA
 from nowcast.schema import SchemaError, crs_of, make_dataset, make_forecast
 from nowcast.synthetic import synthetic_traffic
 
-# pyproj warns that CF has no "rectified grid angle" for the Swiss grid; the
-# writer keeps the exact CRS in crs_wkt (tested below).
-pytestmark = pytest.mark.filterwarnings("ignore:angle from rectified to skew grid parameter lost")
-
 # id: (CRS as the source defines it, centre lon, lat, cell size in CRS units)
 PROJECTIONS = {
     "fmi-stere-sphere": (FMI_COMPOSITE_CRS, 24.869, 60.271, 1000.0),
@@ -271,7 +267,7 @@ def test_geotiff_and_netcdf_agree_on_crs_and_bounds(projection, tmp_path):
         assert tif.nodata == FILL_VALUE
         assert tif.descriptions == ("member 0", "member 1", "member 2")
         assert tif.tags()["valid_time"] == "2024-06-01T12:20:00Z" and tif.tags()["forecast_period"] == "PT10M"
-        assert tif.tags()["units"] == "mm h-1"
+        assert tif.tags()["units"] == "mm h-1" and tif.units == ("mm h-1",) * MEMBERS  # GDAL band unit type
         structure = tif.tags(ns="IMAGE_STRUCTURE")
         assert structure["LAYOUT"] == "COG" and structure["COMPRESSION"] == "DEFLATE"
         assert structure["PREDICTOR"] == "3"
@@ -361,6 +357,11 @@ def test_webmap_images_are_placed_by_their_world_files(projection, tmp_path):
     south_west, north_east = manifest["bounds_lonlat"]
     assert south_west[0] < lat < north_east[0] and south_west[1] < lon < north_east[1]
     assert Image.open(tmp_path / manifest["legend"]).format == "PNG"
+    # The CRS travels next to the world file, for QGIS/ArcGIS (.prj) and GDAL (.aux.xml).
+    assert pyproj.CRS(images[0].with_suffix(".prj").read_text()).equals(pyproj.CRS("EPSG:3857"))
+    with rasterio.open(images[0]) as png:
+        assert png.crs == rasterio.crs.CRS.from_epsg(3857)
+        np.testing.assert_allclose(png.transform.a, world[0])
 
 
 def test_webmap_webp_traffic_images(traffic_forecast, tmp_path):
@@ -392,3 +393,22 @@ def test_rain_rate_palette_classes():
     assert palette_for("rainrate") is RAIN_RATE
     with pytest.raises(ValueError, match="reflectivity"):
         palette_for("reflectivity")
+
+
+def test_swiss_products_write_without_warnings_and_explain_the_grid_mapping(tmp_path):
+    """No per-file pyproj warning for the oblique Mercator, no stray non-CF attributes, the limit documented."""
+    import netCDF4
+
+    forecast = rain_forecast("mch-somerc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        nc = write_cf_netcdf(forecast, tmp_path / "f.nc")
+        write_geotiffs(forecast, tmp_path / "tif")
+        write_webmap_images(forecast, tmp_path / "web")
+    with netCDF4.Dataset(nc) as ds:
+        assert "dtype" not in ds["forecast_period"].ncattrs()
+        assert list(ds["forecast_period"][:]) == [300, 600]
+        assert "crs_wkt" in ds.getncattr("comment") and "rectified" in ds.getncattr("comment")
+    assert open_cf_netcdf(nc)["forecast_period"].values[0] == np.timedelta64(5, "m")
+    with netCDF4.Dataset(write_cf_netcdf(rain_forecast("opera-laea"), tmp_path / "laea.nc")) as ds:
+        assert "comment" not in ds.ncattrs()

@@ -50,26 +50,31 @@ def test_forecast_flow_issues_once_then_skips(prefect_harness, store, run, tmp_p
     from flows.forecast import forecast_flow
 
     first = forecast_flow(str(store), [str(run)], str(tmp_path), n_leads=3)
-    assert first["status"] == "issued" and first["methods"] == ["stlight-tiny", "persistence", "lagrangian"]
+    issue = first["issues"][0]
+    assert first["status"] == "issued" and issue["methods"] == ["stlight-tiny", "persistence", "lagrangian"]
     folder = tmp_path / "20240601T1515Z"
-    assert first["folder"] == str(folder) and pd.Timestamp(first["reference_time"]) == NEWEST
+    assert issue["folder"] == str(folder) and pd.Timestamp(issue["reference_time"]) == NEWEST
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["flow_run"] and manifest["archive"] == str(store)
     assert len(list(folder.glob("geotiff/*/*.tif"))) == 9
     again = forecast_flow(str(store), [str(run)], str(tmp_path), n_leads=3)
-    assert again["status"] == "skipped" and "already exist" in again["reason"]
+    assert again["status"] == "skipped" and "already exist" in again["issues"][0]["reason"]
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
 
-def test_forecast_flow_skips_an_incomplete_window(prefect_harness, obs, run, tmp_path):
+def test_forecast_flow_names_what_an_incomplete_window_skips(prefect_harness, obs, run, tmp_path):
     from flows.forecast import forecast_flow
 
     gappy = tmp_path / "gappy.zarr"
     archive.write(obs.drop_isel(time=[N_FRAMES - 3]), gappy)  # the newest window lacks 15:05
-    result = forecast_flow(str(gappy), [str(run)], str(tmp_path / "out"))
-    assert result["status"] == "skipped"
-    assert "2024-06-01 15:05" in result["reason"] and "newest complete window ends at 2024-06-01 15:00" in result["reason"]
-    assert not (tmp_path / "out").exists()
+    result = forecast_flow(str(gappy), [str(run)], str(tmp_path / "out"), at=[str(NEWEST), "2024-06-01T15:00"],
+                           formats=["netcdf", "webmap"])
+    newest, earlier = sorted(result["issues"], key=lambda i: i["reference_time"], reverse=True)
+    assert newest["methods"] == ["persistence"] and sorted(newest["skipped"]) == ["lagrangian", "stlight-tiny"]
+    reason = newest["skipped"]["stlight-tiny"]
+    assert "2024-06-01 15:05" in reason and "newest complete window ends at 2024-06-01 15:00" in reason
+    assert earlier["methods"] == ["stlight-tiny", "persistence", "lagrangian"]
+    assert list((tmp_path / "out" / "20240601T1500Z" / "webmap" / "stlight-tiny").glob("*.prj"))
 
 
 def test_train_flow_trains_then_resumes(prefect_harness, store, tmp_path):

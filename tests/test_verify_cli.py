@@ -1,4 +1,4 @@
-"""``nowcast verify`` and the Prefect verification flow on real FMI radar in a Zarr archive."""
+"""``nowcast verify`` and the Prefect verification flow on real FMI radar (and synthetic radar) in a Zarr archive."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from nowcast import archive
 from nowcast.cli import app
 from nowcast.products import write_cf_netcdf
 
-pytestmark = pytest.mark.realdata
 
 # 160 x 160 km over the Gulf of Finland coast, in and out of radar range.
 WINDOW = (slice(980, 1140), slice(420, 580))
@@ -39,6 +38,7 @@ def case(shared_data, tmp_path_factory):
     return root, store, files, obs
 
 
+@pytest.mark.realdata
 def test_verify_writes_table_netcdf_and_report(case, tmp_path):
     root, store, files, _ = case
     out = tmp_path / "verification"
@@ -71,6 +71,7 @@ def test_verify_writes_table_netcdf_and_report(case, tmp_path):
     assert "| stlight-tiny | model | 2 |" in report and "| persistence | baseline | 2 |" in report
 
 
+@pytest.mark.realdata
 def test_verify_names_the_bad_input(case, tmp_path):
     root, store, files, obs = case
     runner = CliRunner()
@@ -96,6 +97,7 @@ def _text(result) -> str:
     return " ".join(result.output.split())
 
 
+@pytest.mark.realdata
 def test_verify_flow_on_a_dask_scheduler(case, tmp_path, prefect_harness):
     from distributed import LocalCluster
 
@@ -111,3 +113,42 @@ def test_verify_flow_on_a_dask_scheduler(case, tmp_path, prefect_harness):
     assert set(table[table.metric == "csi"]["threshold"]) == {1.0}
     assert (tmp_path / "flow" / "report.md").is_file()
     assert outputs["figures"] and all(f.endswith(".png") for f in outputs["figures"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("support", ["common", "own"])
+def test_verify_compares_methods_on_the_common_support_of_each_case(tmp_path, support):
+    """Lagrangian extrapolation is NaN at the inflow edge: by default every method is scored on its cells."""
+    from nowcast.baselines import lagrangian_extrapolation
+    from nowcast.baselines import persistence as eulerian
+    from nowcast.synthetic import synthetic_radar
+
+    obs = synthetic_radar(16, size=48, seed=3)
+    store = tmp_path / "archive.zarr"
+    archive.write(obs, store)
+    files = []
+    for i in (5, 8):
+        at = obs["time"].values[i]
+        for method in (lagrangian_extrapolation, eulerian):
+            files.append(write_cf_netcdf(method(obs, 4, at=at), tmp_path / f"{method.__name__}_{i}.nc"))
+    out = tmp_path / support
+    args = ["verify", *map(str, files), "--obs", str(store), "--out", str(out), "--no-animate"]
+    result = CliRunner().invoke(app, args + ["--support", support])
+    assert result.exit_code == 0, result.output
+    scores = xr.open_dataset(out / "scores.nc", decode_timedelta=True)
+    methods = list(scores["method"].values)
+    cells = [scores["n"].isel(method=methods.index(m)).values for m in ("persistence", "lagrangian")]
+    if support == "common":
+        np.testing.assert_array_equal(*cells)
+        assert "common support" in (out / "report.md").read_text()
+    else:
+        assert (cells[0] > cells[1]).all()
+        assert "its own" in (out / "report.md").read_text()
+    mean = CliRunner().invoke(app, ["verify", *map(str, files), "--obs", str(store), "--out", str(tmp_path / "m"),
+                                    "--no-animate", "--support", support, "--aggregate", "mean"])
+    assert mean.exit_code == 0, mean.output
+    pooled, averaged = pd.read_csv(out / "scores.csv"), pd.read_csv(tmp_path / "m" / "scores.csv")
+    assert len(pooled) == len(averaged) and not np.allclose(pooled["value"], averaged["value"], equal_nan=True)
+    assert "averaged over the cases" in (tmp_path / "m" / "report.md").read_text()
+    bad = CliRunner().invoke(app, args + ["--aggregate", "median"])
+    assert bad.exit_code == 2 and "aggregate" in bad.output

@@ -20,6 +20,31 @@ app = typer.Typer(
 )
 
 
+def _conventional_help() -> None:
+    """Help in click's usual style: ``ARCHIVE`` in the usage line, ``PATH``/``TEXT`` after options, nothing
+    after flags; typer 0.29 writes ``{archive}``, ``<path>`` and ``<bool>``, which read as template leftovers."""
+    from typer import core
+
+    typed = core._TyperParameter.display_type
+
+    def display_type(self, ctx):
+        if getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return ""
+        return typed(self, ctx).strip("<>").replace("list[", "").rstrip("]").upper()
+
+    def usage_name(self) -> str:
+        name = self.display_name_raw.upper()
+        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+    core._TyperParameter.display_type = display_type
+    core.TyperArgument._usage_display_name = usage_name
+    core.TyperArgument._rich_display_name = lambda self: self.display_name_raw.upper() + (
+        "..." if self.metavar is None and self.nargs != 1 else "")
+
+
+_conventional_help()
+
+
 def console():
     """A rich console; when output is not a terminal (logs, CI) tables are 120 columns, not 80."""
     from rich.console import Console

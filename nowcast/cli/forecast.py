@@ -1,4 +1,4 @@
-"""``nowcast forecast`` (one nowcast from an archive) and ``nowcast serve`` (scheduled nowcasts)."""
+"""``nowcast forecast`` (nowcasts at one or many issue times) and ``nowcast serve`` (scheduled nowcasts)."""
 
 from __future__ import annotations
 
@@ -16,44 +16,55 @@ from nowcast.cli.train import fail
 @app.command()
 def forecast(
     archive: Path = typer.Argument(..., help="Zarr archive of observations."),
-    checkpoint: List[Path] = typer.Option(..., "--checkpoint", "-c", help="Run folder or .pt file (repeatable)."),
+    checkpoint: Optional[List[Path]] = typer.Option(
+        None, "--checkpoint", "-c", help="Run folder or .pt file (repeatable; none: the baselines only)."),
     out: Path = typer.Option(..., "--out", "-o", help="Products go to OUT/<issue time>/."),
-    at: Optional[str] = typer.Option(None, help="Issue time (UTC, ISO 8601) (default: the newest archived frame)."),
-    leads: Optional[int] = typer.Option(None, help="Lead times (default: the models' output frames)."),
+    at: Optional[List[str]] = typer.Option(None, help="Issue time, UTC ISO 8601 (repeatable; default: the "
+                                                      "newest archived frame)."),
+    start: Optional[str] = typer.Option(None, help="First issue time of a series (with --end, --every)."),
+    end: Optional[str] = typer.Option(None, help="Last issue time of a series (default: the newest frame)."),
+    every: Optional[str] = typer.Option(None, help="Spacing of the series, e.g. 30min (default: the time step)."),
+    leads: Optional[int] = typer.Option(None, help="Lead times (default: the models' output frames, else 12)."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines",
-                                   help="Also issue persistence and Lagrangian extrapolation."),
-    formats: str = typer.Option("netcdf,geotiff", "--format", help="Comma-separated: netcdf, geotiff."),
+                                   help="Also issue persistence and Lagrangian extrapolation (historical "
+                                        "average for crowd flows)."),
+    formats: str = typer.Option("netcdf,geotiff", "--format", help="Comma-separated: netcdf, geotiff, webmap."),
+    webmap: bool = typer.Option(False, "--webmap", help="Add web-map images (EPSG:3857 PNG, world file, .prj)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1 ..."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace products already issued at that time."),
 ) -> None:
-    """Nowcast from the T_in frames ending at --at with every checkpoint (and the baselines); write products."""
+    """Nowcast at each issue time with every checkpoint and the baselines; write products per issue time.
+
+    A method whose input frames are incomplete is skipped and named; the others are still issued.
+    """
     from rich.console import Console
     from rich.table import Table
 
     from nowcast import forecast as fc
-    from nowcast.archive import ArchiveError, open_archive
+    from nowcast.archive import ArchiveError
     from nowcast.checkpoint import CheckpointError
     from nowcast.schema import SchemaError
 
+    checkpoint = checkpoint or []
+    chosen = [f for f in formats.split(",") if f] + (["webmap"] if webmap else [])
     try:
-        issue = fc.plan_issue(archive, checkpoint, out, at=at, overwrite=overwrite)
-        if issue.skip:
-            fail(issue.skip + (" (pass --overwrite to replace them)" if issue.folder.exists() else ""))
-        forecasts = fc.forecast_with_baselines(open_archive(archive), checkpoint, at=issue.reference_time,
-                                               n_leads=leads or issue.t_out, device=device,
-                                               include_baselines=baselines)
-        folder = fc.write_products(forecasts, issue.folder, formats=[f for f in formats.split(",") if f],
+        issues = fc.issue_nowcasts(archive, checkpoint, out, at=at or (), start=start, end=end, every=every,
+                                   n_leads=leads, include_baselines=baselines, formats=chosen, device=device,
                                    overwrite=overwrite, extra={"archive": str(archive),
                                                                "checkpoints": [str(c) for c in checkpoint]})
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, ValueError) as err:
         fail(str(err))
-    table = Table(title=f"Nowcasts issued at {issue.reference_time:%Y-%m-%d %H:%M} UTC → {folder}")
-    for column in ("method", "leads", "mean", "max"):
-        table.add_column(column, justify="right" if column != "method" else "left")
-    for name, ds in forecasts.items():
-        values = ds[fc.data_variables(ds)[0]]
-        table.add_row(name, str(ds.sizes["time"]), f"{float(values.mean()):.3f}", f"{float(values.max()):.3f}")
-    Console().print(table)
+    table = Table(title=f"Nowcasts from {archive} → {out}")
+    for column in ("issued (UTC)", "methods", "not issued"):
+        table.add_column(column)
+    for issue in issues:
+        table.add_row(f"{issue.reference_time:%Y-%m-%d %H:%M}", ", ".join(issue.methods) or "-",
+                      "\n".join(f"{name}: {why}" for name, why in issue.skipped.items())
+                      or ("" if issue.issued else issue.reason))
+    Console(width=max(Console().width, 160)).print(table)
+    if not any(issue.issued for issue in issues):
+        reasons = "; ".join(issue.reason for issue in issues)
+        fail(reasons + (" (pass --overwrite to replace them)" if "already exist" in reasons else ""))
 
 
 def _flows_module(name: str):
@@ -71,7 +82,8 @@ def _flows_module(name: str):
 @app.command()
 def serve(
     archive: Path = typer.Argument(..., help="Zarr archive of observations (kept up to date by ingest)."),
-    checkpoint: List[Path] = typer.Option(..., "--checkpoint", "-c", help="Run folder or .pt file (repeatable)."),
+    checkpoint: Optional[List[Path]] = typer.Option(
+        None, "--checkpoint", "-c", help="Run folder or .pt file (repeatable; none: the baselines only)."),
     out: Path = typer.Option(..., "--out", "-o", help="Products go to OUT/<issue time>/."),
     interval: float = typer.Option(300, help="Seconds between scheduled runs."),
     cron: Optional[str] = typer.Option(None, help="Cron schedule instead of --interval, e.g. '*/5 * * * *'."),
@@ -82,7 +94,7 @@ def serve(
     """Serve scheduled nowcasts (a Prefect deployment) against the server at PREFECT_API_URL; blocks."""
     deploy = _flows_module("deploy")
     try:
-        deploy.serve(archive, checkpoint, out, interval=interval, cron=cron, name=name, n_leads=leads,
+        deploy.serve(archive, checkpoint or [], out, interval=interval, cron=cron, name=name, n_leads=leads,
                      baselines=baselines)
     except RuntimeError as err:
         fail(str(err))

@@ -27,7 +27,11 @@ def verify(
     fss_scales_km: str = typer.Option("16", "--fss-scales-km", help="FSS window edges in km, comma-separated."),
     data_range: Optional[float] = typer.Option(None, help="Data range for SSIM and PSNR (skipped without it)."),
     openstl: bool = typer.Option(False, help="Add OpenSTL's per-frame summed MSE/MAE (mse_frame, mae_frame)."),
-    animate: bool = typer.Option(True, help="Add a forecast loop GIF to the report."),
+    support: str = typer.Option("common", help="common: score all methods of an issue time on the cells they "
+                                               "all forecast; own: each file on its own valid cells."),
+    aggregate: str = typer.Option("pooled", help="pooled: sums over all cases, then scores; mean: the mean "
+                                                 "of per-case scores."),
+    animate: bool = typer.Option(True, "--animate/--no-animate", help="Add a forecast loop GIF to the report."),
 ) -> None:
     """Score forecasts by method and lead time against observations; write a tidy table and a report."""
     import logging
@@ -42,11 +46,11 @@ def verify(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
-    options = VerifyOptions(
-        thresholds=None if thresholds is None else _numbers(thresholds, "--thresholds"),
-        fss_scales_km=_numbers(fss_scales_km, "--fss-scales-km"), data_range=data_range, openstl=openstl)
+    thresholds_ = None if thresholds is None else _numbers(thresholds, "--thresholds")
     start = time.perf_counter()
     try:
+        options = VerifyOptions(thresholds=thresholds_, fss_scales_km=_numbers(fss_scales_km, "--fss-scales-km"),
+                                data_range=data_range, openstl=openstl, support=support, aggregate=aggregate)
         observations = open_archive(obs)
         with console.status(f"scoring {len(forecasts)} forecast(s) against {obs}"):
             result = verify_forecasts(forecasts, observations, out, options, obs_label=str(obs), animate=animate)

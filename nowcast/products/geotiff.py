@@ -6,7 +6,9 @@ Float32, DEFLATE with the floating-point predictor, nodata
 the dataset's ``crs`` and ``x``/``y`` cell centres, so a GeoTIFF covers
 exactly the bounds of the NetCDF product. Traffic forecasts get one band per
 flow (inflow, outflow), ensembles one band per member; each band carries a
-description.
+description and its unit (GDAL's band unit type, e.g. ``mm h-1``, which QGIS
+and ``rasterio``'s ``units`` show), the file its quantity, issue time and
+source as tags.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
+from nowcast.grids import Grid
 from nowcast.products.atomic import atomic_path
 from nowcast.products.fields import (Bands, band_label, default_stem, iso_time, product_variable, time_label,
                                      to_bands)
@@ -124,11 +126,12 @@ def _time_tags(ds: xr.Dataset, time) -> dict[str, str]:
 
 def _write(bands: Bands, descriptions: list[str], path: Path, ds: xr.Dataset, tags: dict, *,
            cog: bool, blocksize: int) -> None:
+    """Write with rasterio: each band gets its description and unit (GDAL band unit type), the file its tags."""
+    import rasterio
+    from rasterio.transform import from_bounds
+
     values = np.where(np.isnan(bands.values), FILL_VALUE, bands.values).astype("f4")
-    da = xr.DataArray(values, dims=("band", "y", "x"),
-                      coords={"band": np.arange(1, values.shape[0] + 1), "y": bands.y, "x": bands.x},
-                      attrs={"long_name": descriptions})
-    da = da.rio.write_crs(crs_of(ds).to_wkt()).rio.write_nodata(FILL_VALUE)
+    count, height, width = values.shape
     if cog:
         # PREDICTOR=YES makes the COG driver pick the floating-point predictor (3).
         options = {"driver": "COG", "compress": "DEFLATE", "predictor": "YES", "blocksize": blocksize,
@@ -136,5 +139,15 @@ def _write(bands: Bands, descriptions: list[str], path: Path, ds: xr.Dataset, ta
     else:
         options = {"driver": "GTiff", "compress": "DEFLATE", "predictor": 3, "tiled": True,
                    "blockxsize": blocksize, "blockysize": blocksize}
-    with atomic_path(path) as tmp:
-        da.rio.to_raster(tmp, dtype="float32", tags=tags, **options)
+    band_tags = tags.pop("band_tags", [{}] * count)
+    units = str(tags.get("units", ""))
+    with atomic_path(path) as tmp, rasterio.open(
+            tmp, "w", width=width, height=height, count=count, dtype="float32", nodata=float(FILL_VALUE),
+            crs=rasterio.crs.CRS.from_wkt(crs_of(ds).to_wkt()),
+            transform=from_bounds(*Grid.of(ds).bounds, width, height), **options) as dst:
+        dst.write(values)
+        dst.update_tags(**tags)
+        for band, (description, extra) in enumerate(zip(descriptions, band_tags), start=1):
+            dst.set_band_description(band, description)
+            dst.set_band_unit(band, units)
+            dst.update_tags(band, **extra)

@@ -41,6 +41,13 @@ FILL_VALUE = np.float32(-9999.0)
 CHUNK_EDGE = 1024
 TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 FLOW_LABEL = "flow_label"
+# CF's oblique_mercator has no attribute for the angle from the rectified to the skew grid (EPSG 8814),
+# which the Swiss grids (Hotine variant B, azimuth 90°) set to 90°; without it the CF attributes alone
+# describe a different projection.
+OBLIQUE_MERCATOR_NOTE = (
+    "Grid mapping: oblique Mercator (Hotine). CF's oblique_mercator attributes cannot express the angle "
+    "from the rectified to the skew grid, so they alone do not define this projection: use the crs "
+    "variable's crs_wkt (GDAL, QGIS, pyproj and xarray/rioxarray read it), not the CF attributes.")
 
 
 def write_cf_netcdf(
@@ -135,6 +142,11 @@ def _cf_dataset(ds: xr.Dataset, *, title, institution, references, checkpoint_ha
     ds["crs"].attrs.update(_grid_mapping_extras(ds["crs"].attrs))
     if "realization" in ds.coords:
         ds["realization"].attrs.setdefault("units", "1")
+    if "forecast_period" in ds.coords:
+        # Whole seconds written as such: xarray's timedelta encoding would add a non-CF ``dtype`` attribute.
+        period = ds["forecast_period"]
+        seconds = (period.values / np.timedelta64(1, "s")).astype("i4")
+        ds = ds.assign_coords(forecast_period=("time", seconds, {**period.attrs, "units": "seconds"}))
     for name in ("time", "forecast_reference_time"):
         if name in ds.coords:
             # datetime64 is POSIX time: no leap seconds (CF 1.11 4.4.1).
@@ -158,8 +170,11 @@ def _cf_dataset(ds: xr.Dataset, *, title, institution, references, checkpoint_ha
         "references": references or f"nowcast {nowcast.__version__}",
         "date_created": now,
     })
-    if comment:
-        ds.attrs["comment"] = comment
+    notes = [comment] if comment else []
+    if ds["crs"].attrs.get("grid_mapping_name") == "oblique_mercator":
+        notes.append(OBLIQUE_MERCATOR_NOTE)
+    if notes:
+        ds.attrs["comment"] = "\n".join(notes)
     return ds
 
 
@@ -200,8 +215,6 @@ def _encoding(ds: xr.Dataset, complevel: int) -> dict[str, dict[str, Any]]:
         if name in ds.coords:
             # double, not int64: CF before 1.9 has no 64-bit integers.
             encoding[name].update(units=TIME_UNITS, calendar="proleptic_gregorian", dtype="f8")
-    if "forecast_period" in ds.coords:
-        encoding["forecast_period"].update(units="seconds", dtype="i4")
     for name in data_variables(ds):
         var = ds[name]
         chunks = tuple(min(CHUNK_EDGE, n) if dim in ("y", "x") else 1 if dim in ("time", "realization") else n

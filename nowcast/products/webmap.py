@@ -3,7 +3,9 @@
 Each lead time (and flow, for traffic) becomes one RGBA PNG or lossless WebP
 in Web Mercator, coloured with the shared palette
 (:mod:`nowcast.products.palette`; dry and missing cells transparent), next to
-an ESRI world file (``.pgw`` for PNG, ``.wld`` for WebP) that places it. A
+an ESRI world file (``.pgw`` for PNG, ``.wld`` for WebP) that places it, and
+its CRS twice, as GIS tools look for it: an ESRI ``.prj`` (QGIS, ArcGIS) and a
+GDAL ``<image>.aux.xml`` (GDAL, rasterio), since a world file carries no CRS. A
 legend image and a JSON manifest (``<stem>.json``: files, valid times, bounds
 in EPSG:3857 and in longitude/latitude for overlays such as Leaflet's
 ``imageOverlay``) complete the set.
@@ -15,6 +17,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +87,7 @@ def write_webmap_images(
         path = out_dir / f"{stem}_{time_label(forecast, coords['time'])}{suffix}.{format}"
         _write_image(palette.rgba(values), path, format)
         write_text_atomic(path.with_suffix(WORLD_FILE_SUFFIX[format]), world_file(transform))
+        write_crs_sidecars(path, WEB_MERCATOR)
         entry = {"file": path.name, "valid_time": iso_time(coords['time'])}
         if "flow" in coords:
             entry["flow"] = str(coords["flow"])
@@ -103,7 +107,11 @@ def to_web_mercator(values: np.ndarray, x: np.ndarray, y: np.ndarray, crs: pypro
     source resolution, its longer edge at most ``max_size`` pixels.
     """
     da = xr.DataArray(values, dims=("band", "y", "x"), coords={"y": y, "x": x})
-    da = da.rio.write_crs(crs.to_wkt()).rio.write_nodata(np.nan)
+    with warnings.catch_warnings():
+        # rioxarray also writes CF attributes, which cannot hold the Swiss oblique Mercator's
+        # rectified-grid angle; the reprojection uses the full CRS.
+        warnings.filterwarnings("ignore", message="angle from rectified to skew grid")
+        da = da.rio.write_crs(crs.to_wkt()).rio.write_nodata(np.nan)
     left, bottom, right, top = da.rio.bounds()
     _, width, height = calculate_default_transform(da.rio.crs, WEB_MERCATOR, da.rio.width, da.rio.height,
                                                    left=left, bottom=bottom, right=right, top=top)
@@ -118,6 +126,17 @@ def world_file(transform) -> str:
     centre_x = c + a / 2 + b / 2
     centre_y = f + d / 2 + e / 2
     return "\n".join(f"{v:.10f}" for v in (a, d, b, e, centre_x, centre_y)) + "\n"
+
+
+def write_crs_sidecars(image: Path, crs: str | pyproj.CRS) -> tuple[Path, Path]:
+    """The CRS of a world-file image: ``<stem>.prj`` (ESRI WKT) and ``<image>.aux.xml`` (GDAL PAM)."""
+    from xml.sax.saxutils import escape
+
+    crs = pyproj.CRS(crs)
+    prj = write_text_atomic(image.with_suffix(".prj"), crs.to_wkt(pyproj.enums.WktVersion.WKT1_ESRI))
+    aux = write_text_atomic(image.with_name(image.name + ".aux.xml"),
+                            f"<PAMDataset>\n  <SRS>{escape(crs.to_wkt())}</SRS>\n</PAMDataset>\n")
+    return prj, aux
 
 
 def write_legend(palette: Palette, path: str | os.PathLike, *, width_in: float = 5.0) -> Path:

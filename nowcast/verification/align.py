@@ -7,6 +7,7 @@ that forecasts issued at different times aggregate by lead.
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,30 +110,49 @@ def spatial_whole(da: xr.DataArray) -> xr.DataArray:
     return da.chunk({"y": -1, "x": -1})
 
 
+def support_mask(forecasts: Sequence[xr.Dataset], variable: str | None = None) -> xr.DataArray:
+    """True at the valid times and cells where every one of ``forecasts`` (one case) has a value.
+
+    Dims ``(time, [flow], y, x)``, over the valid times all forecasts share.
+
+    Raises:
+        VerificationError: the forecasts share no valid time.
+    """
+    variable = variable or data_variables(forecasts[0])[0]
+    shared = None
+    for fc in forecasts:
+        ok = fc[variable].notnull()
+        if REALIZATION in ok.dims:
+            ok = ok.all(REALIZATION)
+        ok = ok.drop_vars([c for c in ok.coords if c not in ok.dims])
+        shared = ok if shared is None else (shared & ok)  # xarray aligns on the shared valid times
+    if shared.sizes["time"] == 0:
+        raise VerificationError("the forecasts of the case share no valid time")
+    return shared
+
+
 def common_support(forecasts: dict[str, xr.Dataset], variable: str | None = None) -> dict[str, xr.Dataset]:
-    """The forecasts of one case masked to the cells every method forecasts.
+    """The forecasts of one case masked to the cells and valid times every method forecasts.
 
     Lagrangian extrapolation has no value where rain would enter from outside
     the domain; a model that forecasts everywhere would otherwise be scored on
     more (and easier or harder) cells. Masking all methods to the cells and
-    valid times they share makes their scores comparable case by case.
+    valid times they share (:func:`support_mask`) makes their scores
+    comparable case by case.
 
     Raises:
-        VerificationError: the forecasts do not share valid times.
+        VerificationError: the forecasts share no valid time.
     """
     if not forecasts:
         return {}
     first = next(iter(forecasts.values()))
     variable = variable or data_variables(first)[0]
-    times = first["time"].values
-    for name, fc in forecasts.items():
-        if not np.array_equal(fc["time"].values, times):
-            raise VerificationError(f"{name}: valid times differ from those of the other forecasts of the case")
-    shared = None
-    for fc in forecasts.values():
-        ok = fc[variable].notnull()
-        if REALIZATION in ok.dims:
-            ok = ok.all(REALIZATION)
-        ok = ok.drop_vars([c for c in ok.coords if c not in ok.dims])
-        shared = ok if shared is None else shared & ok
-    return {name: fc.assign({variable: fc[variable].where(shared)}) for name, fc in forecasts.items()}
+    shared = support_mask(list(forecasts.values()), variable)
+    return {name: restrict(fc, shared, variable) for name, fc in forecasts.items()}
+
+
+def restrict(forecast: xr.Dataset, support: xr.DataArray, variable: str | None = None) -> xr.Dataset:
+    """``forecast`` at the valid times of ``support``, NaN where it is False."""
+    variable = variable or data_variables(forecast)[0]
+    forecast = forecast.sel(time=support["time"].values)
+    return forecast.assign({variable: forecast[variable].where(support)})

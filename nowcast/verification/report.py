@@ -1,8 +1,9 @@
 """Verify many forecast files against an archive: tidy table, NetCDF, plots and a Markdown report.
 
 Steps, shared by ``nowcast verify`` and the Prefect flow ``flows/verify.py``:
-:func:`open_forecast` → :func:`score_case` (one per file; small sums) →
-:func:`aggregate` (per method, by lead) → :func:`write_scores` (CSV +
+:func:`case_supports` (per issue time, the cells every method forecasts) →
+:func:`score_case` (one per file; small sums) → :func:`aggregate` (per
+method, by lead: pooled sums or the mean of per-case scores) → :func:`write_scores` (CSV +
 NetCDF) → :func:`write_report` (figures + ``report.md``).
 :func:`verify_forecasts` runs them in order.
 """
@@ -24,7 +25,7 @@ import xarray as xr
 from nowcast.netcdf_lock import NETCDF_LOCK
 from nowcast.products.atomic import atomic_path, write_text_atomic
 from nowcast.schema import SchemaError, data_variables
-from nowcast.verification.align import LEAD, VerificationError
+from nowcast.verification.align import LEAD, VerificationError, restrict, support_mask
 from nowcast.verification.score import DEFAULT_FSS_SCALES_KM, accumulate, default_metrics, finalize, merge
 from nowcast.verification.table import scores_table
 
@@ -41,6 +42,8 @@ LEAD_FIGURES = (
     ("ensemble", "Ensemble scores", ("crps", "brier")),
 )
 MAX_MAP_ROWS = 6
+SUPPORTS = ("common", "own")
+AGGREGATIONS = ("pooled", "mean")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,16 @@ class VerifyOptions:
     fss_scales_km: tuple[float, ...] = DEFAULT_FSS_SCALES_KM
     data_range: float | None = None
     openstl: bool = False
+    #: ``common``: each case (issue time) on the cells every method forecasts; ``own``: each file on its own.
+    support: str = "common"
+    #: ``pooled``: sums over all cases, then scores; ``mean``: scores per case, then their mean.
+    aggregate: str = "pooled"
+
+    def __post_init__(self):
+        if self.support not in SUPPORTS:
+            raise VerificationError(f"support must be one of {SUPPORTS}, got {self.support!r}")
+        if self.aggregate not in AGGREGATIONS:
+            raise VerificationError(f"aggregate must be one of {AGGREGATIONS}, got {self.aggregate!r}")
 
 
 @dataclass
@@ -110,15 +123,44 @@ def open_forecast(path: str | os.PathLike) -> xr.Dataset:
     return forecast
 
 
+def case_supports(forecasts: Sequence[str | os.PathLike | xr.Dataset],
+                  options: VerifyOptions = VerifyOptions()) -> list[xr.DataArray | None]:
+    """Per forecast, the cells and valid times every forecast of its case (same issue time) has a value.
+
+    All None with ``options.support == "own"``. The masks are small booleans,
+    computed here, to pass to :func:`score_case`.
+    """
+    if options.support == "own":
+        return [None] * len(forecasts)
+    opened = [f if isinstance(f, xr.Dataset) else open_forecast(f) for f in forecasts]
+    cases: dict[pd.Timestamp, list[int]] = defaultdict(list)
+    for i, forecast in enumerate(opened):
+        cases[pd.Timestamp(forecast["forecast_reference_time"].values)].append(i)
+    masks: list[xr.DataArray | None] = [None] * len(forecasts)
+    for when, members in cases.items():
+        try:
+            mask = support_mask([opened[i] for i in members]).compute()
+        except VerificationError as err:
+            raise VerificationError(f"forecasts issued {when:%Y-%m-%d %H:%M}: {err} (score each file on its "
+                                    "own cells with --support own)") from err
+        for i in members:
+            masks[i] = mask
+    return masks
+
+
 def score_case(forecast: xr.Dataset | str | os.PathLike, obs: xr.Dataset,
-               options: VerifyOptions = VerifyOptions()) -> Case:
-    """Sums of one forecast (a dataset or a file) against the observations, computed."""
+               options: VerifyOptions = VerifyOptions(), support: xr.DataArray | None = None) -> Case:
+    """Sums of one forecast (a dataset or a file) against the observations, computed.
+
+    ``support`` (from :func:`case_supports`) restricts it to the cells and
+    valid times its case shares.
+    """
     path = None if isinstance(forecast, xr.Dataset) else Path(forecast)
     dataset = open_forecast(path) if path is not None else forecast
     metrics = default_metrics(dataset, thresholds=options.thresholds, fss_scales_km=options.fss_scales_km,
                               data_range=options.data_range, openstl=options.openstl)
     try:
-        sums = accumulate(dataset, obs, metrics).compute()
+        sums = accumulate(dataset if support is None else restrict(dataset, support), obs, metrics).compute()
     except VerificationError as err:
         raise VerificationError(f"{path}: {err}" if path else str(err)) from err
     name = method_name(dataset)
@@ -126,23 +168,37 @@ def score_case(forecast: xr.Dataset | str | os.PathLike, obs: xr.Dataset,
     return Case(name, pd.Timestamp(dataset["forecast_reference_time"].values), sums, metrics, path)
 
 
-def aggregate(cases: Sequence[Case]) -> xr.Dataset:
+def aggregate(cases: Sequence[Case], how: str = "pooled") -> xr.Dataset:
     """Scores per method and lead over all its cases: one Dataset with a ``method`` dim.
 
-    Attributes record the number of cases per method (``cases_<method>``).
+    ``how="pooled"`` adds the sums of all cases, then scores them (as if all
+    fields were one); ``"mean"`` scores each case, then averages the scores
+    (cases weigh the same, however many cells they have). The pooled sums
+    are kept either way. Attributes record the number of cases per method
+    (``cases_<method>``) and ``aggregation``.
     """
     if not cases:
         raise VerificationError("no forecasts to verify")
+    if how not in AGGREGATIONS:
+        raise VerificationError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
     by_method: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
         by_method[case.method].append(case)
     per_method = []
     for name in sorted(by_method, key=_method_order):
         group = by_method[name]
-        scores = finalize(merge(c.sums for c in group), group[0].metrics)
+        pooled = merge(c.sums for c in group)
+        if how == "pooled":
+            scores = finalize(pooled, group[0].metrics)
+        else:
+            per_case = [xr.merge([m.finalize(c.sums) for m in c.metrics if m.produces in c.sums],
+                                 combine_attrs="override") for c in group]
+            mean = xr.concat(per_case, dim="case", join="outer", combine_attrs="override").mean("case", keep_attrs=True)
+            scores = xr.merge([pooled, mean], combine_attrs="override")
         per_method.append(scores.expand_dims(method=[name]))
     out = xr.concat(per_method, dim="method", join="outer", combine_attrs="drop_conflicts")
     out.attrs.update({f"cases_{name}": len(group) for name, group in by_method.items()})
+    out.attrs["aggregation"] = how
     out.attrs.pop("source", None)
     return out
 
@@ -210,27 +266,29 @@ def write_report(scores: xr.Dataset, table: pd.DataFrame, cases: Sequence[Case],
     return report, figures
 
 
-def _map_case(cases: Sequence[Case]) -> tuple[pd.Timestamp, dict[str, Path]]:
-    """The issue time with the most methods (latest on ties) and its forecast file per method."""
+def _map_case(cases: Sequence[Case]) -> tuple[pd.Timestamp, dict[str, Path], list[str]]:
+    """The issue time with the most methods (latest on ties), its forecast file per method (at most
+    :data:`MAX_MAP_ROWS`) and the methods left out."""
     files: dict[pd.Timestamp, dict[str, Path]] = defaultdict(dict)
     for case in cases:
         if case.path is not None:
             files[case.reference_time].setdefault(case.method, case.path)
     if not files:
-        return pd.NaT, {}
+        return pd.NaT, {}, []
     when = max(files, key=lambda t: (len(files[t]), t))
-    ordered = sorted(files[when], key=_method_order)[:MAX_MAP_ROWS]
-    return when, {name: files[when][name] for name in ordered}
+    ordered = sorted(files[when], key=_method_order)
+    return when, {name: files[when][name] for name in ordered[:MAX_MAP_ROWS]}, ordered[MAX_MAP_ROWS:]
 
 
 def _report_maps(maps, scores: xr.Dataset, cases: Sequence[Case], obs: xr.Dataset, fig_dir: Path,
                  animate: bool) -> list[tuple[str, Path]]:
-    when, paths = _map_case(cases)
+    when, paths, left_out = _map_case(cases)
     if not paths:
         return []
     forecasts = {name: open_forecast(path) for name, path in paths.items()}
     issued = f"{when:%Y-%m-%d %H:%M} UTC"
-    figures = [(f"Forecasts issued {issued} and observations",
+    figures = [(f"Forecasts issued {issued} and observations"
+                + (f" (left out: {', '.join(left_out)})" if left_out else ""),
                 maps.plot_forecast_panels(forecasts, obs, fig_dir / "forecast_panels.png"))]
     if "threshold" in scores.coords and scores.sizes.get("threshold", 0):
         threshold = float(scores["threshold"].min())
@@ -283,8 +341,19 @@ def _markdown(scores: xr.Dataset, table: pd.DataFrame, cases: Sequence[Case], ob
     thresholds = (", ".join(f"{t:g}" for t in scores["threshold"].values) + f" {units}"
                   if "threshold" in scores.coords else "none")
     windows = ", ".join(f"{s:g} km" for s in scores["scale"].values) if "scale" in scores.coords else "none"
-    lines += [f"Event thresholds: {thresholds}; FSS windows: {windows}. "
-              "Scores pool all cases of a method per lead time. Full table: [scores.csv](scores.csv); "
+    support = (
+        "Every method is scored on the **common support** of each case: the cells and valid times that all "
+        "methods issued at that time forecast (Lagrangian extrapolation has no value where rain enters from "
+        "outside the domain), so methods are compared on the same cells. "
+        if scores.attrs.get("support", "common") == "common" else
+        "Each forecast is scored on **its own** valid cells (`--support own`): methods with fewer valid cells, "
+        "such as Lagrangian extrapolation at the inflow edge, are scored on fewer cells than the others. ")
+    aggregation = ("Scores pool the sums of all cases of a method per lead time, then score them."
+                   if scores.attrs.get("aggregation", "pooled") == "pooled" else
+                   "Scores are computed per case, then averaged over the cases of a method per lead time "
+                   "(`--aggregate mean`).")
+    lines += [f"Event thresholds: {thresholds}; FSS windows: {windows}. {support}{aggregation} "
+              "Full table: [scores.csv](scores.csv); "
               "scores, curves and the sums behind them: [scores.nc](scores.nc).", ""]
     lines += ["## Summary", ""] + _summary(table) + [""]
     for title, items in sections:
@@ -336,12 +405,15 @@ def verify_forecasts(forecasts: Sequence[str | os.PathLike | xr.Dataset], obs: x
             methods and issue times; the method is each file's ``source``.
         obs: observations covering the valid times (e.g. an archive).
         out_dir: folder for ``scores.csv``, ``scores.nc``, ``report.md`` and ``figures/``.
-        options: thresholds, FSS windows, SSIM/PSNR data range, OpenSTL scores.
+        options: thresholds, FSS windows, SSIM/PSNR data range, OpenSTL scores,
+            support (common per case, or each file's own) and aggregation
+            (pooled or per-case mean).
         obs_label: how the report names the observations (e.g. the archive path).
         animate: add a forecast loop GIF to the report.
     """
-    cases = [score_case(forecast, obs, options) for forecast in forecasts]
-    scores = aggregate(cases)
+    supports = case_supports(forecasts, options)
+    cases = [score_case(forecast, obs, options, support) for forecast, support in zip(forecasts, supports)]
+    scores = aggregate(cases, options.aggregate).assign_attrs(support=options.support)
     table, csv, netcdf = write_scores(scores, out_dir)
     report, figures = write_report(scores, table, cases, obs, out_dir, obs_label=obs_label, animate=animate)
     return VerificationResult(table, scores, csv, netcdf, report, figures)
