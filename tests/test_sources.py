@@ -254,6 +254,19 @@ def test_bom_grid_is_centred_on_the_radar(read, shared_data):
     centre = ds.sizes["y"] // 2, ds.sizes["x"] // 2
     assert_near(ds, *centre, lon0, lat0)
     assert ds.attrs["accumulation_period"] == "PT6M" and ds.attrs["time_step"] == "PT6M"
+    # The stored x/y are cell edges: centres lie half a cell inside, symmetric about the radar.
+    assert float(ds["x"].mean()) == pytest.approx(0.0, abs=1e-6)
+    assert float(ds["y"].mean()) == pytest.approx(0.0, abs=1e-6)
+    assert float(ds["x"][0]) == -127750.0 and float(ds["y"][0]) == 127750.0
+
+
+def test_bom_cell_centres_match_pysteps(read, shared_data):
+    from pysteps.io.importers import import_bom_rf3
+
+    _, _, meta = import_bom_rf3(str(shared_data / FILES["bom"]))
+    ds = read("bom")
+    assert float(ds["x"][0]) == pytest.approx(meta["x1"] + meta["xpixelsize"] / 2, abs=1.0)
+    assert float(ds["y"][0]) == pytest.approx(meta["y2"] - meta["ypixelsize"] / 2, abs=1.0)
 
 
 def test_odim_corners_are_the_files_corner_pixels(read, shared_data):

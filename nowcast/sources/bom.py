@@ -63,6 +63,13 @@ def open_bom(path, *, coarsen: int = 1) -> xr.Dataset:
         crs = _crs_from_cf(tuple(sorted((k, _hashable(v)) for k, v in ds["proj"].attrs.items())))
         factor = {axis: _UNIT_TO_M.get(ds[axis].attrs.get("units", "m"), 1.0) for axis in ("x", "y")}
         x, y = ds["x"].values * factor["x"], ds["y"].values * factor["y"]
+        # The stored x/y are each cell's west and north edges, not its centre: the 512 x 512 cells of
+        # 0.5 km run x = -128 .. 127.5 km and y = 128 .. -127.5 km, which as edges is exactly the
+        # [-128, 128] km square centred on the radar (the projection origin) and as centres would be
+        # a square off the radar by a quarter cell for no reason. pysteps reads them the same way.
+        # The file has no bounds or cell-method attributes to say otherwise.
+        x = x + abs(x[1] - x[0]) / 2
+        y = y - abs(y[1] - y[0]) / 2
         valid = pd.Timestamp(ds["valid_time"].values)
         start = pd.Timestamp(ds["start_time"].values)
         values = precip.transpose("y", "x").values.astype("f4")
