@@ -17,6 +17,7 @@ import nowcast  # noqa: F401  (offline defaults before prefect is imported)
 from nowcast import forecast as fc
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)  # the archive grows under the same arguments
@@ -48,7 +49,13 @@ def forecast_flow(archive: str, checkpoints: list[str] | None, out_dir: str, at:
         report.append({"status": "issued" if issue.issued else "skipped", "reference_time": str(issue.reference_time),
                        "folder": str(issue.folder), "methods": issue.methods, "skipped": issue.skipped,
                        "reason": issue.reason})
-    return {"status": "issued" if any(i.issued for i in issues) else "skipped", "issues": report}
+    result = {"status": "issued" if any(i.issued for i in issues) else "skipped", "issues": report}
+    if result["status"] == "skipped":  # a state named Skipped, not a plain Completed, in the UI and the API
+        return Completed(name="Skipped", message="; ".join(f"{i.reference_time}: {i.reason}" for i in issues),
+                         data=result)
+    named = sorted({name for issue in issues for name in issue.skipped})
+    return Completed(message=f"{sum(i.issued for i in issues)} issue time(s) written"
+                             + (f"; not issued: {', '.join(named)}" if named else ""), data=result)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +32,7 @@ from torch import nn
 
 from nowcast import baselines, models
 from nowcast.checkpoint import file_hash, find_checkpoint, load_checkpoint
+from nowcast.products.atomic import remove_stale, scratch_tag
 from nowcast.schema import data_variables, make_forecast, time_step, validate
 from nowcast.transforms import Transform, from_dict
 from nowcast.windows import gapless_starts, tile_origins
@@ -374,7 +374,8 @@ def write_products(forecasts: dict[str, xr.Dataset], out_dir: str | os.PathLike,
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: products already exist (overwrite them with --overwrite)")
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
+    remove_stale(out_dir.parent)
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{scratch_tag()}")
     manifest: dict[str, Any] = {"methods": {}, **(extra or {})}
     try:
         tmp.mkdir(parents=True)
@@ -393,7 +394,7 @@ def write_products(forecasts: dict[str, xr.Dataset], out_dir: str | os.PathLike,
             manifest["methods"][name] = entry
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            old = out_dir.with_name(f".{out_dir.name}.old-{scratch_tag()}")
             out_dir.rename(old)
             tmp.rename(out_dir)
             shutil.rmtree(old, ignore_errors=True)
@@ -404,6 +405,14 @@ def write_products(forecasts: dict[str, xr.Dataset], out_dir: str | os.PathLike,
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote %d forecasts to %s", len(forecasts), out_dir)
     return out_dir
+
+
+def _skipped_before(folder: Path) -> list[str]:
+    """Methods an earlier run left out of the products in ``folder`` (its manifest's ``skipped``)."""
+    try:
+        return sorted(json.loads((folder / "manifest.json").read_text()).get("skipped") or {})
+    except (OSError, ValueError):
+        return []
 
 
 @dataclass
@@ -451,7 +460,9 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
     method whose input window is incomplete is skipped and named (the others,
     e.g. the baselines with their shorter windows, are still issued); the
     time is skipped when no method can be issued or its folder already exists
-    (unless ``overwrite``). Without models, the baselines are issued for
+    (unless ``overwrite``), except a folder whose manifest names skipped
+    methods that can now be issued (a late frame filled their window): it is
+    replaced with every method. Without models, the baselines are issued for
     ``n_leads`` (default :data:`DEFAULT_LEADS`) lead times.
     """
     from nowcast.archive import open_archive
@@ -462,18 +473,24 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
     issues = []
     for reference in issue_times(obs["time"].values, time_step(obs), at=at, start=start, end=end, every=every):
         folder = Path(out_dir) / issue_folder_name(reference)
-        if folder.exists() and not overwrite:
+        missing_before = _skipped_before(folder) if folder.exists() and not overwrite else None
+        if missing_before is not None and not missing_before:
             issues.append(Issue(reference, folder, [], {}, f"products issued at {reference:%Y-%m-%d %H:%M} "
                                                            f"already exist in {folder}"))
             continue
         skipped: dict[str, str] = {}
         forecasts = forecast_with_baselines(obs, bundles, at=reference, n_leads=n_leads, device=device,
                                             include_baselines=include_baselines, skipped=skipped)
+        if missing_before and not set(missing_before) & set(forecasts):
+            issues.append(Issue(reference, folder, [], skipped, f"products issued at {reference:%Y-%m-%d %H:%M} "
+                                f"exist in {folder}; {', '.join(missing_before)} still cannot be issued"))
+            continue
         if not forecasts:
             issues.append(Issue(reference, folder, [], skipped, f"{store}: " + "; ".join(
                 f"{name}: {why}" for name, why in skipped.items()) if skipped else "no method to issue"))
             continue
-        write_products(forecasts, folder, formats=formats, overwrite=overwrite,
+        # A folder whose methods were skipped (a late frame has since filled the window) is replaced whole.
+        write_products(forecasts, folder, formats=formats, overwrite=overwrite or bool(missing_before),
                        extra={**(extra or {}), "reference_time": str(reference), "skipped": skipped})
         for name, why in skipped.items():
             log.warning("%s not issued at %s: %s", name, reference, why)

@@ -412,3 +412,24 @@ def test_swiss_products_write_without_warnings_and_explain_the_grid_mapping(tmp_
     assert open_cf_netcdf(nc)["forecast_period"].values[0] == np.timedelta64(5, "m")
     with netCDF4.Dataset(write_cf_netcdf(rain_forecast("opera-laea"), tmp_path / "laea.nc")) as ds:
         assert "comment" not in ds.ncattrs()
+
+
+def test_leftovers_of_a_killed_product_writer_are_removed_by_the_next_one(tmp_path):
+    """A forecast killed while writing leaves a hidden folder tagged with its host and pid; the next write
+    removes it, but never the scratch of a writer that still runs."""
+    import subprocess
+    import sys
+
+    from nowcast.forecast import write_products
+    from nowcast.products.atomic import scratch_tag
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    tag = scratch_tag().split("-")
+    killed = tmp_path / f".20240601T1200Z.partial-{tag[0]}-{dead.stdout.strip()}-0badcafe"
+    (killed / "geotiff").mkdir(parents=True)
+    alive = tmp_path / f".20240601T1205Z.partial-{scratch_tag()}"
+    alive.mkdir()
+    write_products({"stlight-small": rain_forecast("fmi-stere-sphere")}, tmp_path / "20240601T1210Z",
+                   formats=["netcdf"])
+    assert not killed.exists() and alive.exists()
+    assert (tmp_path / "20240601T1210Z" / "stlight-small.nc").is_file()

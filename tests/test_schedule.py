@@ -57,8 +57,9 @@ def test_forecast_flow_issues_once_then_skips(prefect_harness, store, run, tmp_p
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["flow_run"] and manifest["archive"] == str(store)
     assert len(list(folder.glob("geotiff/*/*.tif"))) == 9
-    again = forecast_flow(str(store), [str(run)], str(tmp_path), n_leads=3)
-    assert again["status"] == "skipped" and "already exist" in again["issues"][0]["reason"]
+    again = forecast_flow(str(store), [str(run)], str(tmp_path), n_leads=3, return_state=True)
+    assert again.name == "Skipped" and "already exist" in again.message
+    assert again.result()["status"] == "skipped"
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
 
@@ -75,6 +76,14 @@ def test_forecast_flow_names_what_an_incomplete_window_skips(prefect_harness, ob
     assert "2024-06-01 15:05" in reason and "newest complete window ends at 2024-06-01 15:00" in reason
     assert earlier["methods"] == ["stlight-tiny", "persistence", "lagrangian"]
     assert list((tmp_path / "out" / "20240601T1500Z" / "webmap" / "stlight-tiny").glob("*.prj"))
+    still = forecast_flow(str(gappy), [str(run)], str(tmp_path / "out"), at=[str(NEWEST)], return_state=True)
+    assert still.name == "Skipped" and "still cannot be issued" in still.message
+    # The late frame arrives: the next run fills the window and issues every method at that time.
+    archive.write(obs.isel(time=[N_FRAMES - 3]), gappy)
+    filled = forecast_flow(str(gappy), [str(run)], str(tmp_path / "out"), at=[str(NEWEST)], return_state=True)
+    assert filled.name == "Completed"
+    assert filled.result()["issues"][0]["methods"] == ["stlight-tiny", "persistence", "lagrangian"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
 def test_train_flow_trains_then_resumes(prefect_harness, store, tmp_path):
