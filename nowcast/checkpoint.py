@@ -14,11 +14,16 @@ pickled objects), so :func:`load_checkpoint` never runs code from the file:
 
 A run folder holds ``last.pt`` (every epoch, for ``--resume``) and
 ``best.pt`` (lowest validation loss, for forecasting).
+
+Every checkpoint carries ``content_sha256``, a digest of all its tensors and
+values computed at save and checked at load, so flipped bytes that still
+unpickle (a corrupt optimiser state, say) are an error, not a silent load.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 from pathlib import Path
@@ -28,6 +33,8 @@ import numpy as np
 import torch
 
 from nowcast.products.atomic import atomic_path
+
+log = logging.getLogger(__name__)
 
 FORMAT = "nowcast-checkpoint-v1"
 LAST, BEST = "last.pt", "best.pt"
@@ -40,9 +47,11 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); return ``path``."""
     path = Path(path)
+    state = {"format": FORMAT, **state}
+    state["content_sha256"] = content_hash(state)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
     return path
@@ -70,7 +79,57 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: cannot load checkpoint ({err})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nowcast checkpoint (expected format {FORMAT!r})")
+    recorded = state.get("content_sha256")
+    if recorded is not None and recorded != content_hash(state):
+        raise CheckpointError(f"{path}: corrupt checkpoint (its content no longer matches the digest recorded "
+                              "when it was saved)")
     return state
+
+
+def load_run(run_dir_or_file: str | os.PathLike, map_location: str | torch.device = "cpu",
+             prefer: tuple[str, ...] = (BEST, LAST)) -> tuple[Path, dict[str, Any]]:
+    """Load a checkpoint file, or the first of ``prefer`` in a run folder that loads; a corrupt
+    ``best.pt`` falls back to ``last.pt`` with a warning. Returns the path used and the state."""
+    path = Path(run_dir_or_file)
+    if not path.is_dir():
+        return find_checkpoint(path), load_checkpoint(find_checkpoint(path), map_location)
+    errors = []
+    for name in prefer:
+        if not (path / name).is_file():
+            continue
+        try:
+            state = load_checkpoint(path / name, map_location)
+        except CheckpointError as err:
+            errors.append(str(err))
+            continue
+        if errors:
+            log.warning("%s; using %s instead", "; ".join(errors), path / name)
+        return path / name, state
+    raise CheckpointError("; ".join(errors) or f"{path}: no checkpoint ({' or '.join(prefer)}) in this run folder")
+
+
+def content_hash(state: dict[str, Any]) -> str:
+    """SHA-256 over every tensor's bytes and every other value of ``state`` (its ``content_sha256`` left out)."""
+    digest = hashlib.sha256()
+
+    def visit(value, key: str) -> None:
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(value, dict):
+            for name in sorted(value, key=str):
+                if name != "content_sha256":
+                    visit(value[name], f"{key}/{name}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{key}[{i}]")
+        else:
+            digest.update(repr(value).encode())
+
+    visit(state, "")
+    return digest.hexdigest()
 
 
 def file_hash(path: str | os.PathLike) -> str:

@@ -31,7 +31,7 @@ import xarray as xr
 from torch import nn
 
 from nowcast import baselines, models
-from nowcast.checkpoint import file_hash, find_checkpoint, load_checkpoint
+from nowcast.checkpoint import CheckpointError, file_hash, load_run
 from nowcast.products.atomic import remove_stale, scratch_tag
 from nowcast.schema import data_variables, make_forecast, time_step, validate
 from nowcast.transforms import Transform, from_dict
@@ -129,11 +129,14 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = 
         ``checkpoint`` (path), ``checkpoint_hash`` (SHA-256), ``epoch``,
         ``data`` (variable, time step, channels, patch) and ``config``.
     """
-    path = find_checkpoint(run_dir_or_ckpt)
-    state = load_checkpoint(path, map_location=device)
+    path, state = load_run(run_dir_or_ckpt, map_location=device)
     spec = state["model"]
-    model = models.build(spec["name"], **spec["config"])
-    model.load_state_dict(state["model"]["state"])
+    try:
+        model = models.build(spec["name"], **spec["config"])
+        model.load_state_dict(state["model"]["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its model {spec.get('name')!r}, configuration and weights do not agree "
+                              f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
     model.to(device).eval()
     meta = {"preset": spec["name"], "checkpoint": str(path), "checkpoint_hash": file_hash(path),
             "epoch": state["epoch"], "data": dict(state["data"]), "config": dict(state["config"])}
