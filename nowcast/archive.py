@@ -40,6 +40,7 @@ import zarr
 from filelock import FileLock, Timeout
 
 from nowcast.grids import Grid
+from nowcast.products.atomic import check_writable as check_folder_writable
 from nowcast.products.atomic import write_text_atomic
 from nowcast.schema import SchemaError, data_variables, time_step, validate
 
@@ -182,15 +183,11 @@ _LOCKS_GUARD = threading.Lock()
 
 def check_writable(store: str | os.PathLike) -> None:
     """Refuse, before any work, a store whose folder cannot be written (names the folder)."""
-    import tempfile
-
     store = Path(store).absolute()
-    parent = store.parent
     try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
+        check_folder_writable(store.parent)
     except OSError as err:
-        raise ArchiveError(f"{store}: cannot write in {parent} ({err.strerror or err})") from None
+        raise ArchiveError(f"{store}: cannot write in {store.parent} ({err.strerror or err})") from None
 
 
 def write(ds: xr.Dataset, store: str | os.PathLike, *, lock_timeout: float = LOCK_TIMEOUT) -> int:

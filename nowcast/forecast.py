@@ -32,7 +32,7 @@ from torch import nn
 
 from nowcast import baselines, models
 from nowcast.checkpoint import CheckpointError, file_hash, load_run
-from nowcast.products.atomic import remove_stale, scratch_tag
+from nowcast.products.atomic import check_writable, remove_stale, scratch_tag
 from nowcast.schema import data_variables, make_forecast, time_step, validate
 from nowcast.transforms import Transform, from_dict
 from nowcast.windows import gapless_starts, tile_origins
@@ -470,6 +470,7 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
     """
     from nowcast.archive import open_archive
 
+    check_writable(out_dir)  # before loading and computing anything
     obs = open_archive(store)
     bundles = [load_model(model, device) for model in models]
     n_leads = int(n_leads or max((b[0].t_out for b in bundles), default=DEFAULT_LEADS))

@@ -78,3 +78,20 @@ def test_regrid_refuses_impossible_resolutions_before_working(shared_data, tmp_p
     text = " ".join(result.output.split())
     assert "resolution" in text and "Traceback" not in result.output
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_forecast_into_an_unwritable_place_fails_first_in_one_line(tmp_path):
+    """Checked before any model is loaded or field computed; the CLI says it in one line, exit 2."""
+    import subprocess
+    import sys
+
+    from nowcast.synthetic import synthetic_radar
+
+    store = tmp_path / "a.zarr"
+    archive.write(synthetic_radar(6, size=32), store)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = subprocess.run([str(Path(sys.executable).parent / "nowcast"), "forecast", str(store), "--out",
+                           str(blocker / "out")], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and f"{blocker / 'out'}" in " ".join(done.stderr.split())

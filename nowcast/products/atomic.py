@@ -17,12 +17,26 @@ import re
 import secrets
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 log = logging.getLogger(__name__)
 _HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
 _STALE = re.compile(r"^\..*[.-](?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}(\.tmp.*)?$")
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be written in it, before any long work.
+
+    Raises:
+        OSError: naming the folder (not a folder, read-only, no space, no permission).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+    return folder
 
 
 def scratch_tag() -> str:
