@@ -70,16 +70,27 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+MIN_SECONDS, MAX_SECONDS, MIN_STEPS = 2.0, 10.0, 3
+
+
 def _rate(fn, batch: int, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """Samples per wall-clock second and process CPU seconds per sample."""
+    """Samples per wall-clock second and process CPU seconds per sample, after ``warmup`` steps.
+
+    Times at least ``steps`` steps and :data:`MIN_SECONDS`, or stops at
+    :data:`MAX_SECONDS` once :data:`MIN_STEPS` are done (slow presets on a CPU).
+    """
     for _ in range(warmup):
         fn()
     _sync(device)
-    start, cpu = time.perf_counter(), _cpu_seconds()
-    for _ in range(steps):
+    start, cpu, done = time.perf_counter(), _cpu_seconds(), 0
+    while True:
         fn()
-    _sync(device)
-    return batch * steps / (time.perf_counter() - start), (_cpu_seconds() - cpu) / (batch * steps)
+        done += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if (done >= steps and elapsed >= MIN_SECONDS) or (done >= MIN_STEPS and elapsed >= MAX_SECONDS):
+            break
+    return batch * done / elapsed, (_cpu_seconds() - cpu) / (batch * done)
 
 
 def measure(name: str, variant: str, device_name: str, batch: int, steps: int,
@@ -198,7 +209,8 @@ def to_markdown(static: list[dict], timing: list[dict], command: str, device: st
         lines.append(f"| {r['preset']} | {r['params']:,} | {pub} | {r['gflops']:.2f} | "
                      f"{r['gflops_no_dw']:.2f} | {r['act_gib']:.2f} |")
     lines += [
-        "", f"Throughput at batch {batch} ({steps} timed steps after warm-up), samples per "
+        "", f"Throughput at batch {batch} (at least {steps} timed steps and 2 s after warm-up, or 10 s "
+        "once 3 steps are done), samples per "
         "wall-clock second; \"train CPU-s/sample\" is the process CPU time per trained "
         f"sample (robust to other load on a shared machine); peak memory: {memory_kind}.", "",
         "| preset | variant | forward/s | train/s | train CPU-s/sample | fwd × eager "
@@ -220,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="default: eager on CPU, all three on CUDA")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps at least (stops at 10 s after 3)")
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads in the workers")
     parser.add_argument("--all-sizes", action="store_true",
                         help="size and FLOPs table for every preset, not only the timed ones")
