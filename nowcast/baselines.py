@@ -11,6 +11,10 @@ Data-model datasets in (:mod:`nowcast.schema`), forecast datasets out
 * :func:`historical_average`: mean of the same weekday and time slot over the
   previous weeks (traffic, as in the ST-ResNet/TaxiBJ papers);
 * :func:`estimate_motion`: the optical-flow field, for plots and diagnostics.
+
+:func:`motion_field` and :func:`advect` are the motion estimation and the
+semi-Lagrangian scheme of the Lagrangian extrapolation, shared with the
+Lagrangian frame of the deep models (:mod:`nowcast.lagrangian`).
 """
 
 from __future__ import annotations
@@ -114,6 +118,47 @@ def _motion_pixels(dbr: np.ndarray, method: str) -> np.ndarray:
     return np.asarray(velocity, dtype="f8")
 
 
+def _from_dbr(dbr: np.ndarray, threshold: float) -> np.ndarray:
+    """dBR back to rates; below ``threshold`` -> 0, NaN kept."""
+    threshold_db = 10.0 * np.log10(threshold)
+    with np.errstate(invalid="ignore"):
+        rates = np.where(dbr >= threshold_db, 10.0 ** (dbr / 10.0), 0.0)
+    rates[~np.isfinite(dbr)] = np.nan
+    return rates
+
+
+def motion_field(frames: np.ndarray, *, method: str = "LK", threshold_mmh: float = 0.1) -> np.ndarray:
+    """Optical flow ``(2, rows, cols)`` of rain frames ``[T, rows, cols]`` (mm h-1, oldest first).
+
+    Estimated in dBR (:func:`_to_dbr`); components: columns right, rows down,
+    pixels per time step (pysteps' convention).
+    """
+    return _motion_pixels(_to_dbr(np.asarray(frames, dtype="f8"), threshold_mmh), method)
+
+
+def advect(rates: np.ndarray, velocity: np.ndarray, *, threshold_mmh: float = 0.1,
+           backward: bool = False) -> np.ndarray:
+    """Field ``k`` of ``rates [n, rows, cols]`` (mm h-1) advected ``k + 1`` time steps along ``velocity``.
+
+    Backward semi-Lagrangian advection in dBR
+    (``pysteps.extrapolation.semilagrangian``, chained one step at a time
+    with the trajectory of the previous step, which gives the same fields as
+    one ``n``-step call); ``backward=True`` goes back in time (along
+    ``-velocity``). Back in mm h-1 with rates below ``threshold_mmh`` set to
+    0; NaN where the trajectory starts outside the domain or at a NaN cell.
+    """
+    from pysteps.extrapolation.semilagrangian import extrapolate
+
+    dbr = _to_dbr(np.asarray(rates, dtype="f8"), threshold_mmh)
+    velocity = -velocity if backward else velocity
+    advected, displacement = np.empty_like(dbr), None
+    for k, field in enumerate(dbr):
+        warped, displacement = extrapolate(field, velocity, 1, outval=np.nan, allow_nonfinite_values=True,
+                                           displacement_prev=displacement, return_displacement=True)
+        advected[k] = warped[0]
+    return _from_dbr(advected, threshold_mmh)
+
+
 def estimate_motion(obs: xr.Dataset, *, at=None, n_input: int = 3, method: str = "LK",
                     threshold_mmh: float = 0.1) -> xr.DataArray:
     """Optical-flow motion from the ``n_input`` frames ending at ``at``.
@@ -125,7 +170,7 @@ def estimate_motion(obs: xr.Dataset, *, at=None, n_input: int = 3, method: str =
         north-up grid), with the grid's ``x``, ``y``, ``lat``, ``lon`` and ``crs``.
     """
     _, i, frames = _input_frames(obs, at, n_input)
-    velocity = _motion_pixels(_to_dbr(frames, threshold_mmh), method)
+    velocity = motion_field(frames, method=method, threshold_mmh=threshold_mmh)
     # pysteps counts rows downwards; flip to the sense of the y coordinate.
     y_sign = -1.0 if obs["y"].values[-1] < obs["y"].values[0] else 1.0
     data = np.stack([velocity[0], y_sign * velocity[1]]).astype("f4")
@@ -145,8 +190,8 @@ def lagrangian_extrapolation(obs: xr.Dataset, n_leads: int, *, at=None, n_input:
     """Advect the frame at ``at`` along the optical flow of the last ``n_input`` frames.
 
     The pysteps recipe: rain rates to dBR (below ``threshold_mmh`` -> -15 dBR),
-    motion by ``pysteps.motion.get_method(motion)``, backward semi-Lagrangian
-    advection (``pysteps.extrapolation.semilagrangian``), back to mm h-1 with
+    motion by ``pysteps.motion.get_method(motion)`` (:func:`motion_field`),
+    backward semi-Lagrangian advection (:func:`advect`), back to mm h-1 with
     rates below ``threshold_mmh`` set to 0.
 
     NaN in the output, by design: where the trajectory starts outside the
@@ -158,17 +203,10 @@ def lagrangian_extrapolation(obs: xr.Dataset, n_leads: int, *, at=None, n_input:
         forecast dataset, same variable and units as ``obs`` (mm h-1 for
         ``rainrate``), ``source="lagrangian"``.
     """
-    from pysteps.extrapolation.semilagrangian import extrapolate
-
     _check_leads(n_leads)
     variable, i, frames = _input_frames(obs, at, n_input)
-    dbr = _to_dbr(frames, threshold_mmh)
-    velocity = _motion_pixels(dbr, motion)
-    advected = extrapolate(dbr[-1], velocity, int(n_leads), outval=np.nan, allow_nonfinite_values=True)
-    threshold_db = 10.0 * np.log10(threshold_mmh)
-    with np.errstate(invalid="ignore"):
-        rates = np.where(advected >= threshold_db, 10.0 ** (advected / 10.0), 0.0)
-    rates[~np.isfinite(advected)] = np.nan
+    velocity = motion_field(frames, method=motion, threshold_mmh=threshold_mmh)
+    rates = advect(np.repeat(frames[-1:], int(n_leads), axis=0), velocity, threshold_mmh=threshold_mmh)
     speed = np.hypot(*velocity).mean()
     log.debug("lagrangian extrapolation at %s: mean speed %.2f px/step", obs["time"].values[i], speed)
     return make_forecast(rates.astype("f4"), like=obs, reference_time=obs["time"].values[i], variable=variable,

@@ -10,7 +10,8 @@ coverage (NaN in any input frame) and wraps the fields with
 extrapolation (historical average for crowd flows) issued from the same
 frames, so every forecast can be compared; :func:`issue_nowcasts` issues them
 at many times and writes the products (``nowcast forecast`` and
-``flows/forecast.py``).
+``flows/forecast.py``). A model trained in the Lagrangian frame (its
+checkpoint's ``frame``) forecasts in it (:func:`nowcast.lagrangian.predict`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from nowcast import baselines, models
+from nowcast import baselines, lagrangian, models
 from nowcast.checkpoint import CheckpointError, file_hash, load_run
 from nowcast.products.atomic import check_writable, remove_stale, scratch_tag
 from nowcast.schema import data_variables, make_forecast, time_step, validate
@@ -185,9 +186,10 @@ def forecast(
         overlap: cells shared by neighbouring tiles (default ``tile // 4``).
 
     Returns:
-        forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``
-        and ``checkpoint``), lead ``k`` valid at ``at + k · time_step``; NaN
-        where any input frame is NaN (no coverage).
+        forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``,
+        ``checkpoint`` and ``frame``), lead ``k`` valid at ``at + k · time_step``;
+        NaN where any input frame is NaN (no coverage), or, in the Lagrangian
+        frame, where the Lagrangian extrapolation has NaN.
 
     Raises:
         MissingInputError: when input frames are missing (names them).
@@ -207,11 +209,15 @@ def forecast(
         tile = max(trained_patch)
     elif tile is None and frames.shape[-2] * frames.shape[-1] > MAX_WHOLE_CELLS:
         tile = 256
-    fields = predict(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
+    frame = getattr(model, "frame", "eulerian")
+    lagrangian.check_frame(frame, variable)
+    run = lagrangian.predict if frame == "lagrangian" else predict
+    fields = run(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
     fields = fields if variable == "crowd_flow" else fields[:, 0]
     reference = pd.Timestamp(window["time"].values[-1])
     log.info("%s forecast issued at %s: %d leads", meta.get("preset"), reference, n_leads)
-    attrs = {"checkpoint_hash": meta.get("checkpoint_hash", ""), "checkpoint": meta.get("checkpoint", "")}
+    attrs = {"checkpoint_hash": meta.get("checkpoint_hash", ""), "checkpoint": meta.get("checkpoint", ""),
+             "frame": frame}
     return make_forecast(fields, like=obs, reference_time=reference, variable=variable,
                          source=str(meta.get("preset") or model.preset or model.family), attrs=attrs)
 

@@ -8,6 +8,9 @@ dataset) and writes a run folder::
     RUN_DIR/best.pt        checkpoint with the lowest validation loss (used for forecasting)
     RUN_DIR/metrics.csv    one row per epoch (also metrics.json; TensorBoard optional)
 
+With ``frame="lagrangian"`` the model learns in the Lagrangian frame
+(:mod:`nowcast.lagrangian`), from windows advected once into a cache.
+
 Runs are reproducible: the model is initialised from ``seed``, the sample
 order of epoch ``e`` depends only on ``(seed, e)``, and every random state is
 saved at the end of each epoch, so a killed run resumed from ``last.pt``
@@ -37,7 +40,7 @@ import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from nowcast import models
+from nowcast import lagrangian, models
 from nowcast.checkpoint import (BEST, LAST, find_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                 set_rng_state)
 from nowcast.products.atomic import atomic_path, write_text_atomic
@@ -81,6 +84,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    frame: str = "eulerian"
+    frame_cache: str | None = None
 
 
 @dataclass
@@ -178,6 +183,8 @@ def train(
     transform: str | None = None,
     num_workers: int = 0,
     tensorboard: bool = False,
+    frame: str | None = None,
+    frame_cache: str | os.PathLike | None = None,
     **model_overrides: Any,
 ) -> TrainResult:
     """Train ``preset`` on an archive path or data-model dataset; write checkpoints to ``out_dir``.
@@ -211,6 +218,10 @@ def train(
         fractions, block: time-block split (see :func:`nowcast.windows.split_windows`).
         transform: scaler kind (default by variable, :data:`nowcast.transforms.DEFAULT_KIND`:
             dBR for rain rate, log1p up to the training split's 99.9 % quantile for crowd flow).
+        frame: ``"eulerian"`` (default, the papers') or ``"lagrangian"`` (rain only:
+            :mod:`nowcast.lagrangian`); stored in the checkpoint, so forecasts apply it.
+        frame_cache: folder of the Lagrangian-frame window cache (default
+            :func:`nowcast.lagrangian.default_cache_folder`).
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
@@ -223,7 +234,7 @@ def train(
         if state is not None:
             cfg = TrainConfig(**state["config"])
             _check_resume_arguments(cfg, epochs=epochs, batch_size=batch_size, lr=lr, t_in=t_in, t_out=t_out,
-                                    steps_per_epoch=steps_per_epoch)
+                                    steps_per_epoch=steps_per_epoch, frame=frame)
         else:
             cfg = _new_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, t_in=t_in, t_out=t_out,
                               steps_per_epoch=steps_per_epoch, patch=patch, amp=amp, seed=seed,
@@ -232,6 +243,7 @@ def train(
                               patience=patience, val_samples=val_samples,
                               min_wet_fraction=min_wet_fraction,
                               fractions=fractions, block=block, transform=transform, num_workers=num_workers,
+                              frame=frame or "eulerian", frame_cache=str(frame_cache) if frame_cache else None,
                               model_overrides=model_overrides, source=archive_or_dataset)
         return _Trainer(cfg, archive_or_dataset, run_dir, dev, dist, state, compile=compile,
                         progress=progress and dist.main, tensorboard=tensorboard).run()
@@ -335,7 +347,10 @@ class _Trainer:
         if len(self.data.val) == 0:
             log.warning("no validation samples (each split needs %d gapless frames): early stopping and "
                         "best.pt follow the training loss", cfg.t_in + cfg.t_out)
-        self.model = models.build(cfg.preset, t_in=cfg.t_in, t_out=cfg.t_out,
+        lagrangian.check_frame(cfg.frame, str(self.data.train.variable))
+        if cfg.frame == "lagrangian":
+            lagrangian.attach(self.data, source, cfg.frame_cache or lagrangian.default_cache_folder(source, run_dir))
+        self.model = models.build(cfg.preset, t_in=cfg.t_in, t_out=cfg.t_out, frame=cfg.frame,
                                   in_channels=self.data.train.channels, **cfg.model_overrides)
         self.model.to(dev)
         if dev.type == "cuda":

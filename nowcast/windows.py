@@ -11,7 +11,8 @@ training split only.
 
 Samples are ``(x, y)`` float32 tensors ``[T_in, C, h, w]`` and
 ``[T_out, C, h, w]`` (``C`` = 1 for radar, 2 for in/out flow), in the
-transform's units.
+transform's units. A dataset's ``cache`` (:class:`nowcast.lagrangian.WindowCache`)
+replaces the observed window frames by precomputed ones (the Lagrangian frame).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ class WindowDataset(Dataset):
         self.channels = ds.sizes.get("flow", 1)
         self.height, self.width = ds.sizes["y"], ds.sizes["x"]
         self.transform = transform
+        self.cache = None
         if starts is None:
             starts = gapless_starts(self.times, self.length, self.step)
         self.starts = np.asarray(starts, dtype=np.int64)
@@ -202,9 +204,16 @@ class WindowDataset(Dataset):
         values = np.asarray(self.data.isel(sel).values, dtype="f4")
         return values if values.ndim == 4 else values[:, None]
 
+    def read_window(self, start: int, tile: int) -> np.ndarray:
+        """The ``T_in + T_out`` frames of one sample in physical units, from ``cache`` when set."""
+        if self.cache is None:
+            return self.read(start, start + self.length, tile)
+        (y0, x0), (h, w) = self.tiles[tile], self.patch
+        return self.cache.window(start, slice(y0, y0 + h), slice(x0, x0 + w))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start, tile = (int(v) for v in self.samples[index])
-        frames = self.read(start, start + self.length, tile)
+        frames = self.read_window(start, tile)
         frames = self.transform.forward(frames) if self.transform else np.nan_to_num(frames, nan=0.0)
         frames = torch.from_numpy(np.ascontiguousarray(frames))
         return frames[:self.t_in], frames[self.t_in:]

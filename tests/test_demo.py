@@ -51,6 +51,9 @@ def test_demo_flow_on_a_tiny_grid(tmp_path, prefect_harness):
     # Synthetic rain moves coherently: following it beats standing still.
     assert _csi(table, "lagrangian", 30) > _csi(table, "persistence", 30)
     assert (tmp_path / "runs" / "stlight-tiny" / "last.pt").exists()
+    # The demo's models learn in the Lagrangian frame, from one window cache.
+    assert json.loads((tmp_path / "runs" / "stlight-tiny" / "config.json").read_text())["frame"] == "lagrangian"
+    assert len(list((tmp_path / "lagrangian-cache").glob("*.zarr"))) == 1
 
 
 def test_demo_cli_with_baselines_only(tmp_path):

@@ -17,6 +17,7 @@ def demo(
     epochs: int = typer.Option(5, help="Training epochs per model."),
     steps_per_epoch: int = typer.Option(None, help="Optimiser steps per epoch (default: per model family)."),
     seed: int = typer.Option(7, help="Seed of the synthetic weather and of training."),
+    frame: str = typer.Option("lagrangian", help="Frame the models learn in: lagrangian or eulerian."),
 ) -> None:
     """Synthetic radar → Zarr archive → deep-model and classic nowcasts → CF-NetCDF, GeoTIFF, scores and maps."""
     import time
@@ -27,7 +28,7 @@ def demo(
 
     term = console()
     cfg = DemoConfig(size=size, models=tuple(m for m in models.split(",") if m), epochs=epochs,
-                     steps_per_epoch=steps_per_epoch, seed=seed)
+                     steps_per_epoch=steps_per_epoch, seed=seed, frame=frame)
     start = time.perf_counter()
     with term.status("starting") as status:
         def on_step(name: str) -> None:

@@ -51,6 +51,11 @@ def train(
         None, "--input-phase-loss/--forecast-loss-only",
         help="MS-LSTM: train on the input phase's one-step outputs too, as the reference code (default), "
              "or on the forecast frames only."),
+    frame: Optional[str] = typer.Option(
+        None, help="eulerian (default, the papers') or lagrangian: learn the evolution of rain advected along "
+                   "its optical flow (radar only); forecasts apply the checkpoint's frame."),
+    frame_cache: Optional[Path] = typer.Option(
+        None, help="Folder of the Lagrangian-frame window cache (default: ARCHIVE.lagrangian beside the archive)."),
     patience: int = typer.Option(10, help="Early stopping: epochs without a lower validation loss (0: never)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA), bf16, fp16 or off."),
@@ -76,7 +81,7 @@ def train(
             t_in=t_in, t_out=t_out, patch=patch, min_wet_fraction=min_wet_fraction,
             fractions=_fractions(split), block=block, grad_clip=grad_clip, input_phase_loss=input_phase_loss,
             patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
-            num_workers=workers, tensorboard=tensorboard, progress=progress)
+            num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame, frame_cache=frame_cache)
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:
         fail(str(err).strip("'\""))
     if int(os.environ.get("RANK", "0")):

@@ -6,13 +6,14 @@ Three families (TAU, STLight, MS-LSTM), named presets and the paper losses::
     y = model(x)                          # [B, 12, 1, 128, 128] -> [B, 12, 1, 128, 128]
     loss = paper_loss(model)(y, target)
     clone = build(model.preset or model.family, **model.config)
+    lagrangian = build("tau-tiny", frame="lagrangian")  # residual output, zero readout (FRAMES)
 
 All share ``forward(x, t_out=None, *, target=None, sampling_ratio=0.0)``;
 only MS-LSTM uses ``target``/``sampling_ratio`` (scheduled sampling, see
 :func:`scheduled_sampling_ratio`).
 """
 
-from .base import DirectModel, SequenceModel, pad_to_multiple, run_padded
+from .base import FRAMES, DirectModel, SequenceModel, pad_to_multiple, run_padded
 from .losses import differential_divergence, l1_l2_per_frame, mse, tau_loss
 from .mslstm import MSLSTM, MKLSTMCell, scheduled_sampling_ratio
 from .registry import (
@@ -33,7 +34,7 @@ from .stlight import STLight, STLMixer
 from .tau import TAU, TAUBlock
 
 __all__ = [
-    "FAMILIES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
+    "FAMILIES", "FRAMES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
     "STLight", "SequenceModel", "DirectModel", "TAU", "TAUBlock", "TrainingDefaults", "build",
     "differential_divergence", "family_of", "forward_flops", "l1_l2_per_frame", "list_presets", "macs", "mse",
     "pad_to_multiple", "paper_loss", "parameter_count", "run_padded", "scheduled_sampling_ratio",

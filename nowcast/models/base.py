@@ -1,8 +1,16 @@
-"""What every nowcasting network shares: shapes, metadata and rollout.
+"""What every nowcasting network shares: shapes, metadata, frame and rollout.
 
 A network maps ``x: [B, T_in, C, H, W]`` to ``[B, T_out, C, H, W]`` and
 remembers the keyword arguments it was built with in ``config`` (JSON-safe),
 so that ``nowcast.models.build(model.family, **model.config)`` rebuilds it.
+
+``frame`` (:data:`FRAMES`) says in which frame of reference the network
+learns. ``eulerian`` (the papers'): it maps observed frames to frames.
+``lagrangian`` (:mod:`nowcast.lagrangian`): its inputs are advected to the
+issue time and every output frame is a residual added to the frame before it
+(the last input for a direct model, the frame just read for a recurrent one),
+with a zero-initialised readout layer, so an untrained network is
+persistence in that frame.
 """
 
 from __future__ import annotations
@@ -14,8 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+#: Frames of reference a network can learn in (see the module docstring).
+FRAMES = ("eulerian", "lagrangian")
+
+
 class SequenceModel(nn.Module):
-    """Base class: ``t_in``, ``t_out``, ``in_channels``, ``config``, ``preset``."""
+    """Base class: ``t_in``, ``t_out``, ``in_channels``, ``frame``, ``config``, ``preset``."""
 
     family: str = ""
 
@@ -26,10 +38,32 @@ class SequenceModel(nn.Module):
         self.t_in = int(t_in)
         self.t_out = int(t_out)
         self.in_channels = int(in_channels)
+        self.frame = FRAMES[0]
         self.config: dict[str, Any] = {
             "t_in": self.t_in, "t_out": self.t_out, "in_channels": self.in_channels, **hyper,
+            "frame": self.frame,
         }
         self.preset: str | None = None
+
+    @property
+    def readout_layer(self) -> nn.Conv2d:
+        """The layer that emits the output frames (zero-initialised in the Lagrangian frame)."""
+        return self.readout
+
+    @property
+    def residual(self) -> bool:
+        """Whether each output frame is added to the frame before it (the Lagrangian frame)."""
+        return self.frame == "lagrangian"
+
+    def set_frame(self, frame: str) -> SequenceModel:
+        """Learn in ``frame``; ``lagrangian`` zeroes the readout layer (call before training)."""
+        if frame not in FRAMES:
+            raise ValueError(f"unknown frame {frame!r}; choose one of {list(FRAMES)}")
+        self.frame = self.config["frame"] = frame
+        if self.residual:
+            nn.init.zeros_(self.readout_layer.weight)
+            nn.init.zeros_(self.readout_layer.bias)
+        return self
 
     @property
     def size_multiple(self) -> int:
@@ -71,6 +105,8 @@ class DirectModel(SequenceModel):
         produced = 0
         while produced < t_out:
             y = self.predict_block(x)
+            if self.residual:
+                y = y + x[:, -1:]
             blocks.append(y)
             produced += y.shape[1]
             if produced < t_out:

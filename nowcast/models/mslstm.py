@@ -147,7 +147,7 @@ class MSLSTM(SequenceModel):
                 frame = preds[-1]
             z, states = self.step(frame, states, weights)
             if input_phase or t >= t_in - 1:
-                preds.append(self.readout(z))
+                preds.append(self.readout(z) + frame if self.residual else self.readout(z))
         return torch.stack(preds, dim=1)
 
 

@@ -174,18 +174,19 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def build(name: str, **overrides: Any) -> SequenceModel:
+def build(name: str, frame: str = "eulerian", **overrides: Any) -> SequenceModel:
     """Build a preset (``"tau-radar"``) or a family (``"tau"``) with keyword overrides.
 
+    ``frame``: ``eulerian`` or ``lagrangian`` (:data:`nowcast.models.base.FRAMES`).
     ``build(model.preset or model.family, **model.config)`` rebuilds ``model``.
     """
     if name in PRESETS:
         preset = PRESETS[name]
-        model = FAMILIES[preset.family](**{**preset.kwargs, **overrides})
+        model = FAMILIES[preset.family](**{**preset.kwargs, **overrides}).set_frame(frame)
         model.preset = name
         return model
     if name in FAMILIES:
-        return FAMILIES[name](**overrides)
+        return FAMILIES[name](**overrides).set_frame(frame)
     raise KeyError(f"unknown model {name!r}; families: {sorted(FAMILIES)}, "
                    f"presets: {sorted(PRESETS)}")
 

@@ -212,6 +212,10 @@ class TAU(DirectModel):
         self.decoder = Decoder(hid_s, in_channels, n_s)
 
     @property
+    def readout_layer(self) -> nn.Conv2d:
+        return self.decoder.readout
+
+    @property
     def size_multiple(self) -> int:
         return self.scale
 
