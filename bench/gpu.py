@@ -114,14 +114,16 @@ def to_markdown(rows: list[dict], run: dict, command: str, device: str, dry: boo
              f"Command: `{command}`; total {total_s / 60:.1f} min.", "",
              "Samples per second at each preset's paper batch size (eval forward; training step = forward, "
              "paper loss, backward, Adam); peak memory of the training steps.", "",
-             "| preset | batch | variant | forward/s | train/s | peak MiB | status |", "|---|---:|---|---:|---:|---:|---|"]
+             "| preset | batch | variant | forward/s | train/s | peak MiB | status |",
+             "|---|---:|---|---:|---:|---:|---|"]
     for r in rows:
         if "train" in r:
             peak = f"{r['peak_bytes'] / 2**20:,.0f}" if r["peak_bytes"] >= 0 else "–"
             lines.append(f"| {r['preset']} | {r['batch']} | {VARIANTS[r['variant']]} | {r['forward']:,.1f} | "
                          f"{r['train']:,.1f} | {peak} | ok |")
         else:
-            lines.append(f"| {r['preset']} | {r['batch']} | {VARIANTS[r['variant']]} | – | – | – | {r['status']} |")
+            lines.append(f"| {r['preset']} | {r['batch']} | {VARIANTS[r['variant']]} | – | – | – | "
+                         f"{r['status']} |")
     peak = f", peak {run['peak_bytes'] / 2**30:.1f} GiB" if run["peak_bytes"] is not None else ""
     lines += ["", f"## Training {run['preset']}", "",
               f"{run['steps']} steps ({run['epochs']} whole epochs) in {run['seconds']:.0f} s"
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                               deadline=deadline, per_preset_s=60.0, batch=None)
             run = short_training(args.train_preset, radar_data(args.data, work), device, args.train_min, work,
                                  fractions=(0.85, 0.15, 0.0), val_samples=64)
-    name = "cpu-dryrun" if args.dry_run else re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    name = "cpu-dryrun" if args.dry_run else \
+        re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
     command = "python bench/gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = to_markdown(rows, run, command.strip(), device, args.dry_run, time.monotonic() - start)
     args.out.mkdir(parents=True, exist_ok=True)
