@@ -57,7 +57,7 @@ def timed(name: str, variant: str, device: str, batch: int, steps: int, warmup: 
     if proc.is_alive():
         proc.terminate()
         proc.join()
-        return {"status": f"over {timeout:.0f} s"}
+        return {"status": f"over {timeout:.1f} s"}
     return {**queue.get(), "status": "ok"} if not queue.empty() else {"status": f"failed (exit {proc.exitcode})"}
 
 
