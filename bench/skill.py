@@ -67,7 +67,7 @@ RAIN_THRESHOLDS, FSS_KM = (1.0, 5.0), (16.0,)
 TASKS = ("radar", "traffic")
 EPOCHS = 10
 #: Training steps per model, fixed so that the whole run fits about 40 min on 2 loaded CPU cores.
-RADAR_STEPS = {"tau-tiny": 1000, "stlight-tiny": 3000, "mslstm-tiny": 400}
+RADAR_STEPS = {"tau-tiny": 600, "stlight-tiny": 2000, "mslstm-tiny": 200}
 TRAFFIC_BATCH, TRAFFIC_TRANSFORM = 32, "minmax"
 TRAFFIC_STEPS = {"tau-tiny": 6000, "stlight-tiny": 2000, "mslstm-tiny": 800}
 
