@@ -3,7 +3,8 @@
 A checkpoint is a ``dict`` of tensors and primitive containers only (no
 pickled objects), so :func:`load_checkpoint` never runs code from the file:
 
-* ``format``: :data:`FORMAT`; ``epoch`` (completed epochs), ``step``;
+* ``format``: :data:`FORMAT`; ``epoch`` (completed epochs), ``step``; ``progress``
+  (batches, loss sum, samples and seconds of the epoch under way: zero at its end);
 * ``model``: ``{"name": preset or family, "config": model.config, "state": state_dict}``;
 * ``optimizer``, ``scheduler``, ``scaler``: their ``state_dict()``;
 * ``transform``: :meth:`nowcast.transforms.Transform.to_dict`;
@@ -12,7 +13,8 @@ pickled objects), so :func:`load_checkpoint` never runs code from the file:
   (variable, time step, channels, patch); ``history``: metrics per epoch;
   ``early_stopping``: best validation loss and epochs without improvement.
 
-A run folder holds ``last.pt`` (every epoch, for ``--resume``) and
+A run folder holds ``last.pt`` (every epoch and every ``--checkpoint-every``
+steps, for ``--resume``) and
 ``best.pt`` (lowest validation loss, for forecasting).
 
 Every checkpoint carries ``content_sha256``, a digest of all its tensors and

@@ -4,7 +4,8 @@
 dataset) and writes a run folder::
 
     RUN_DIR/config.json    the resolved training configuration
-    RUN_DIR/last.pt        checkpoint after every epoch (``resume=True`` continues from it)
+    RUN_DIR/last.pt        checkpoint after every epoch and every ``checkpoint_every`` steps
+                           (``resume=True`` continues from it)
     RUN_DIR/best.pt        checkpoint with the lowest validation loss (used for forecasting)
     RUN_DIR/metrics.csv    one row per epoch (also metrics.json; TensorBoard optional)
 
@@ -13,8 +14,9 @@ With ``frame="lagrangian"`` the model learns in the Lagrangian frame
 
 Runs are reproducible: the model is initialised from ``seed``, the sample
 order of epoch ``e`` depends only on ``(seed, e)``, and every random state is
-saved at the end of each epoch, so a killed run resumed from ``last.pt``
-reaches exactly the losses of an uninterrupted one (bit for bit on CPU).
+saved with each checkpoint (with the epoch's progress when taken mid-epoch),
+so a killed or time-budgeted run resumed from ``last.pt`` reaches exactly the
+losses of an uninterrupted one (bit for bit on CPU).
 Under ``torchrun`` the same call trains with DistributedDataParallel (gloo on
 CPU, NCCL on CUDA) and only rank 0 writes.
 """
@@ -45,7 +47,7 @@ from nowcast.checkpoint import (BEST, LAST, find_checkpoint, load_checkpoint, rn
                                 set_rng_state)
 from nowcast.products.atomic import atomic_path, write_text_atomic
 from nowcast.transforms import from_dict
-from nowcast.windows import Splits, open_frames, split_datasets
+from nowcast.windows import Splits, WindowDataset, event_ids, open_frames, split_datasets
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ class TrainResult:
     last_checkpoint: Path
     history: list[dict[str, float]]
     stopped_early: bool = False
+    stopped_by_budget: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,19 +132,20 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, n: int, per_rank: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.per_rank, self.seed, self.rank, self.world = n, per_rank, seed, rank, world
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Draw ``epoch``'s order, leaving out its first ``skip`` indices (done before a step checkpoint)."""
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         total = self.per_rank * self.world
         passes = [torch.randperm(self.n, generator=g) for _ in range(math.ceil(total / self.n))]
-        return iter(torch.cat(passes)[:total][self.rank::self.world].tolist())
+        return iter(torch.cat(passes)[:total][self.rank::self.world][self.skip:].tolist())
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.per_rank - self.skip
 
 
 def training_defaults(preset: str) -> models.TrainingDefaults:
@@ -185,6 +189,8 @@ def train(
     tensorboard: bool = False,
     frame: str | None = None,
     frame_cache: str | os.PathLike | None = None,
+    time_budget: float | None = None,
+    checkpoint_every: int | None = None,
     **model_overrides: Any,
 ) -> TrainResult:
     """Train ``preset`` on an archive path or data-model dataset; write checkpoints to ``out_dir``.
@@ -211,11 +217,21 @@ def train(
             included, as the reference code does (default for MS-LSTM); False
             restricts the loss to the forecast frames. Validation always
             scores the forecast frames.
-        resume: continue from ``out_dir/last.pt`` with its stored configuration.
+        resume: continue from ``out_dir/last.pt`` (an epoch's or a step's) with its stored configuration.
+        time_budget: minutes of wall time for this call: after the step that
+            passes it the run validates, keeps the model as ``best.pt`` if it
+            is the best so far, writes ``last.pt`` and returns
+            (``stopped_by_budget``); ``resume`` continues it. The schedule
+            still spans ``epochs``, so choose epochs that roughly fit.
+        checkpoint_every: also write ``last.pt`` every this many steps inside
+            an epoch, so a killed run loses at most that many steps.
         patience: stop after this many epochs without a lower validation loss (None: never).
         val_samples: validate on at most this many samples, evenly spaced over
             the validation split and the same every epoch (None: all of them).
-        fractions, block: time-block split (see :func:`nowcast.windows.split_windows`).
+        fractions, block: time-block split (see :func:`nowcast.windows.split_windows`;
+            ``block="event"`` deals whole gapless runs to the splits). A
+            validation share that holds no window raises ValueError naming
+            what to pass instead; ``fractions=(1, 0, 0)`` trains without one.
         transform: scaler kind (default by variable, :data:`nowcast.transforms.DEFAULT_KIND`:
             dBR for rain rate, log1p up to the training split's 99.9 % quantile for crowd flow).
         frame: ``"eulerian"`` (default, the papers') or ``"lagrangian"`` (rain only:
@@ -226,6 +242,7 @@ def train(
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
     """
+    deadline = time.monotonic() + 60 * time_budget if time_budget is not None else None
     run_dir = Path(out_dir)
     dist = _init_distributed(device)
     try:
@@ -246,7 +263,8 @@ def train(
                               frame=frame or "eulerian", frame_cache=str(frame_cache) if frame_cache else None,
                               model_overrides=model_overrides, source=archive_or_dataset)
         return _Trainer(cfg, archive_or_dataset, run_dir, dev, dist, state, compile=compile,
-                        progress=progress and dist.main, tensorboard=tensorboard).run()
+                        progress=progress and dist.main, tensorboard=tensorboard, deadline=deadline,
+                        checkpoint_every=checkpoint_every).run()
     finally:
         if dist.owns_group:
             torch_dist.destroy_process_group()
@@ -307,7 +325,8 @@ def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_e
     t_in = t_in or kwargs.get("t_in") or model_overrides.get("t_in")
     t_out = t_out or kwargs.get("t_out") or model_overrides.get("t_out")
     if not (t_in and t_out):
-        raise ValueError(f"{preset!r} has no frame counts of its own: pass t_in and t_out")
+        raise ValueError(f"{preset!r} is a model family with no frame counts of its own: pick one of its "
+                         f"presets (see `nowcast models`, e.g. {preset}-tiny), or pass t_in and t_out")
     overrides = {k: v for k, v in model_overrides.items() if k not in ("t_in", "t_out", "in_channels")}
     return TrainConfig(
         preset=preset, epochs=epochs or defaults.epochs, batch_size=batch_size or defaults.batch_size,
@@ -329,12 +348,47 @@ def _default_patch(preset: str, patch, source) -> list[int] | None:
     return size if data.sizes["y"] > size[0] and data.sizes["x"] > size[1] else None
 
 
+class _RunLog:
+    """The run folder's human-readable side: config.json, metrics.csv/.json and TensorBoard (rank 0)."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, tensorboard: bool) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=1))
+        self.writer = _tensorboard(run_dir) if tensorboard else None
+
+    def write(self, history: list[dict[str, float]]) -> None:
+        """Rewrite the metrics files with every epoch so far; log the newest row to TensorBoard."""
+        with atomic_path(self.run_dir / "metrics.csv") as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
+        finite = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
+                  for row in history]  # strict JSON: no NaN (an empty validation split)
+        write_text_atomic(self.run_dir / "metrics.json", json.dumps(finite, indent=1))
+        if self.writer is not None:
+            for key, value in history[-1].items():
+                if key not in ("epoch", "step", "samples"):
+                    self.writer.add_scalar(key, value, history[-1]["epoch"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 class _Trainer:
-    """One run: data, model, optimisation state; :meth:`run` trains the remaining epochs."""
+    """One run: data, model, optimisation state; :meth:`run` trains the remaining epochs.
+
+    ``deadline`` (``time.monotonic()``) ends the run cleanly after the step
+    that passes it; ``checkpoint_every`` also writes ``last.pt`` every so many
+    steps inside an epoch. A checkpoint taken mid-epoch carries the epoch's
+    progress (batches done, loss sums), so resuming it continues the same
+    sample order and reaches the same losses as an uninterrupted run.
+    """
 
     def __init__(self, cfg: TrainConfig, source, run_dir: Path, dev: torch.device, dist: _Dist,
-                 state: dict | None, *, compile: bool, progress: bool, tensorboard: bool) -> None:
+                 state: dict | None, *, compile: bool, progress: bool, tensorboard: bool,
+                 deadline: float | None = None, checkpoint_every: int | None = None) -> None:
         self.cfg, self.run_dir, self.dev, self.dist, self.progress = cfg, run_dir, dev, dist, progress
+        self.deadline, self.checkpoint_every, self.tensorboard = deadline, checkpoint_every, tensorboard
         if state is None:
             _seed_everything(cfg.seed)
         self.data = split_datasets(
@@ -345,8 +399,9 @@ class _Trainer:
             raise ValueError(f"no training samples of {cfg.t_in}+{cfg.t_out} gapless frames in "
                              f"{_describe(source)}")
         if len(self.data.val) == 0:
-            log.warning("no validation samples (each split needs %d gapless frames): early stopping and "
-                        "best.pt follow the training loss", cfg.t_in + cfg.t_out)
+            if cfg.fractions[1] > 0:
+                raise ValueError(_no_validation(cfg, self.data.train))
+            log.info("no validation split: early stopping and best.pt follow the training loss")
         lagrangian.check_frame(cfg.frame, str(self.data.train.variable))
         if cfg.frame == "lagrangian":
             lagrangian.attach(self.data, source, cfg.frame_cache or lagrangian.default_cache_folder(source, run_dir))
@@ -383,10 +438,11 @@ class _Trainer:
         self.amp_dtype = _amp_dtype(cfg.amp, dev)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
         self.epoch, self.step, self.history = 0, 0, []
-        self.best, self.bad_epochs, self.stopped_early = math.inf, 0, False
+        self.progress_state = _fresh_progress()
+        self.best, self.bad_epochs, self.stopped_early, self.out_of_time = math.inf, 0, False, False
+        self.pending_rng: dict | None = None
         if state is not None:
             self._restore(state)
-        self.writer = _tensorboard(run_dir) if tensorboard and dist.main else None
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"]["state"])
@@ -397,23 +453,26 @@ class _Trainer:
         stopping = state["early_stopping"]
         self.best, self.bad_epochs = stopping["best"], stopping["bad_epochs"]
         self.stopped_early = stopping["stopped"]
-        set_rng_state(state["rng"])
+        self.progress_state = dict(state.get("progress", _fresh_progress()))
+        if self.progress_state["batch"]:  # saved after the epoch's loader drew its seed: restore after that
+            self.pending_rng = state["rng"]
+        else:
+            set_rng_state(state["rng"])
 
     def run(self) -> TrainResult:
-        if self.dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.run_dir / "config.json", json.dumps(asdict(self.cfg), indent=1))
+        self.log = _RunLog(self.run_dir, self.cfg, self.tensorboard) if self.dist.main else None
         log.info("training %s for %d epochs of %d steps (batch %d, %s, %s schedule, lr %g) on %s",
                  self.cfg.preset, self.cfg.epochs, self.steps_per_epoch, self.cfg.batch_size,
                  self.cfg.optimizer, self.cfg.schedule, self.cfg.lr, self.dev)
-        while self.epoch < self.cfg.epochs and not self.stopped_early:
+        while self.epoch < self.cfg.epochs and not (self.stopped_early or self.out_of_time):
             self._epoch()
-        if self.writer is not None:
-            self.writer.close()
+        if self.log is not None:
+            self.log.close()
         if self.dist.world > 1:
             torch_dist.barrier()
         best = find_checkpoint(self.run_dir, (BEST, LAST))
-        return TrainResult(self.run_dir, best, self.run_dir / LAST, list(self.history), self.stopped_early)
+        return TrainResult(self.run_dir, best, self.run_dir / LAST, list(self.history), self.stopped_early,
+                           self.out_of_time)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -424,50 +483,99 @@ class _Trainer:
         return x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
 
     def _epoch(self) -> None:
-        cfg = self.cfg
-        self.sampler.set_epoch(self.epoch)
+        """Train the rest of the current epoch; stop inside it only when the time budget is spent."""
+        done = self.progress_state
+        self.sampler.set_epoch(self.epoch, skip=done["batch"] * self.cfg.batch_size)
         self.net.train()
-        loss_sum, count, started = 0.0, 0, time.perf_counter()
-        with _progress_bar(self.progress, f"epoch {self.epoch + 1}/{cfg.epochs}", len(self.loader)) as bar:
-            for x, y in self.loader:
-                x, y = self._batch(x, y)
-                ratio = models.scheduled_sampling_ratio(self.step, self.total_steps) if cfg.scheduled_sampling else 0.0
-                with self._autocast():
-                    loss = self._train_loss(x, y, ratio)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged at step {self.step} (loss {loss.item()}); "
-                                             "lower the learning rate or clip gradients (grad_clip)")
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.step += 1
-                loss_sum += loss.item() * len(x)
-                count += len(x)
-                bar(loss=loss_sum / count, rate=count * self.dist.world / (time.perf_counter() - started))
-        loss_sum, count = self.dist.sum(loss_sum, count, device=self.dev)
-        seconds = time.perf_counter() - started
+        batches = iter(self.loader)  # draws the DataLoader's base seed from torch's generator
+        if self.pending_rng is not None:
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+        started = time.perf_counter() - done["seconds"]
+        title = f"epoch {self.epoch + 1}/{self.cfg.epochs}"
+        with _progress_bar(self.progress, title, self.steps_per_epoch, done["batch"]) as bar:
+            for x, y in batches:
+                loss = self._step(*self._batch(x, y))
+                done["batch"] += 1
+                done["loss_sum"] += loss * len(x)
+                done["count"] += len(x)
+                done["seconds"] = time.perf_counter() - started
+                bar(loss=done["loss_sum"] / done["count"], rate=done["count"] * self.dist.world / done["seconds"])
+                self.out_of_time = self._budget_spent()
+                if done["batch"] < self.steps_per_epoch:
+                    if self.out_of_time:
+                        return self._stop_inside_epoch()
+                    if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.dist.main:
+                        self._save(best=False)
+        self._end_epoch()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimiser step; returns the batch's loss."""
+        cfg = self.cfg
+        ratio = models.scheduled_sampling_ratio(self.step, self.total_steps) if cfg.scheduled_sampling else 0.0
+        with self._autocast():
+            loss = self._train_loss(x, y, ratio)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {self.step} (loss {loss.item()}); "
+                                     "lower the learning rate or clip gradients (grad_clip)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return loss.item()
+
+    def _budget_spent(self) -> bool:
+        """Past the deadline (on any rank: all ranks stop after the same step)."""
+        if self.deadline is None:
+            return False
+        return self.dist.sum(float(time.monotonic() > self.deadline), device=self.dev)[0] > 0
+
+    def _end_epoch(self) -> None:
+        cfg, done = self.cfg, self.progress_state
+        loss_sum, count = self.dist.sum(done["loss_sum"], done["count"], device=self.dev)
+        seconds = done["seconds"]
         val_loss, val_mse = self._validate()
         self.epoch += 1
+        self.progress_state = _fresh_progress()
         row = {"epoch": self.epoch, "step": self.step, "samples": int(count), "train_loss": loss_sum / count,
-               "val_loss": val_loss,
-               "val_mse": val_mse, "lr": self.scheduler.get_last_lr()[0], "seconds": seconds,
-               "samples_per_s": count / seconds}
+               "val_loss": val_loss, "val_mse": val_mse, "lr": self.scheduler.get_last_lr()[0],
+               "seconds": seconds, "samples_per_s": count / seconds}
         self.history.append(row)
-        monitored = val_loss if math.isfinite(val_loss) else row["train_loss"]
-        improved = monitored < self.best
-        self.best, self.bad_epochs = (monitored, 0) if improved else (self.best, self.bad_epochs + 1)
+        improved = self._monitor(val_loss, row["train_loss"])
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
         self.stopped_early = bool(cfg.patience) and self.bad_epochs >= cfg.patience and self.epoch < cfg.epochs
         log.info("epoch %d: train %.5f, val %.5f, %.1f samples/s", self.epoch, row["train_loss"], val_loss,
                  row["samples_per_s"])
         if self.dist.main:
-            self._save(improved)
+            self._save(best=improved)
+            self.log.write(self.history)
         if self.stopped_early:
             log.info("early stop: no lower validation loss for %d epochs", self.bad_epochs)
+
+    def _stop_inside_epoch(self) -> None:
+        """Time budget spent mid-epoch: validate, keep the model as best.pt if it is, checkpoint the step."""
+        done = self.progress_state
+        loss_sum, count = self.dist.sum(done["loss_sum"], done["count"], device=self.dev)
+        rng = rng_state()  # the validation loader draws a seed: keep the run's random stream as it was
+        val_loss, _ = self._validate()
+        set_rng_state(rng)
+        improved = self._monitor(val_loss, loss_sum / count)
+        log.info("time budget spent at step %d (epoch %d, batch %d of %d): val %.5f; --resume continues here",
+                 self.step, self.epoch + 1, done["batch"], self.steps_per_epoch, val_loss)
+        if self.dist.main:
+            self._save(best=improved)
+
+    def _monitor(self, val_loss: float, train_loss: float) -> bool:
+        """Track the lowest validation loss (the training loss without a validation split); True if new."""
+        monitored = val_loss if math.isfinite(val_loss) else train_loss
+        improved = monitored < self.best
+        self.best = min(self.best, monitored)
+        return improved
 
     def _train_loss(self, x: torch.Tensor, y: torch.Tensor, ratio: float) -> torch.Tensor:
         """Paper loss of one batch (over the input phase's one-step outputs too with ``input_phase_loss``)."""
@@ -488,13 +596,15 @@ class _Trainer:
             loss_sum += self.loss_fn(pred, y).item() * len(x)
             mse_sum += models.mse(pred, y).item() * len(x)
             count += len(x)
+        self.net.train()
         loss_sum, mse_sum, count = self.dist.sum(loss_sum, mse_sum, count, device=self.dev)
         return (loss_sum / count, mse_sum / count) if count else (math.nan, math.nan)
 
-    def _save(self, improved: bool) -> None:
+    def _save(self, best: bool) -> None:
+        """Write ``last.pt`` (and ``best.pt``) with everything a resumed run needs."""
         model = self.model
         state = {
-            "epoch": self.epoch, "step": self.step,
+            "epoch": self.epoch, "step": self.step, "progress": dict(self.progress_state),
             "model": {"name": model.preset or model.family, "config": dict(model.config),
                       "state": model.state_dict()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -504,18 +614,29 @@ class _Trainer:
             "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
         }
         save_checkpoint(state, self.run_dir / LAST)
-        if improved:
+        if best:
             save_checkpoint(state, self.run_dir / BEST)
-        table = pd.DataFrame(self.history)
-        with atomic_path(self.run_dir / "metrics.csv") as tmp:
-            table.to_csv(tmp, index=False)
-        finite = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
-                  for row in self.history]  # strict JSON: no NaN (an empty validation split)
-        write_text_atomic(self.run_dir / "metrics.json", json.dumps(finite, indent=1))
-        if self.writer is not None:
-            for key, value in self.history[-1].items():
-                if key not in ("epoch", "step", "samples"):
-                    self.writer.add_scalar(key, value, self.epoch)
+
+
+def _fresh_progress() -> dict[str, float]:
+    """Progress through the current epoch: batches done, their summed loss, samples and seconds."""
+    return {"batch": 0, "loss_sum": 0.0, "count": 0, "seconds": 0.0}
+
+
+def _no_validation(cfg: TrainConfig, train: WindowDataset) -> str:
+    """Why the validation split holds no window, and what to pass instead."""
+    length = cfg.t_in + cfg.t_out
+    runs = np.bincount(event_ids(train.times, train.step))
+    how = "chronological" if cfg.block is None else f"block {cfg.block}"
+    options = []
+    if len(runs) > 1 and cfg.block != "event":
+        options.append(f"whole events to validation (--block event, block='event'; there are {len(runs)})")
+    options += ["a larger validation share (e.g. --split 0.6,0.4,0)",
+                f"fewer frames per sample (--t-in/--t-out; now {cfg.t_in}+{cfg.t_out})",
+                "no validation (--split 1,0,0, fractions=(1, 0, 0); best.pt then follows the training loss)"]
+    return (f"no validation window: the validation share {cfg.fractions[1]:g} ({how} split) of {len(train.times)} "
+            f"frames in {len(runs)} gapless run(s), the longest {runs.max()}, holds no {length} consecutive "
+            f"frames of its own. Pass " + "; or ".join(options))
 
 
 def _data_meta(data: Splits) -> dict[str, Any]:
@@ -585,7 +706,7 @@ def _tensorboard(run_dir: Path):
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool, title: str, total: int):
+def _progress_bar(enabled: bool, title: str, total: int, completed: int = 0):
     """A rich progress bar with loss and throughput; yields ``update(loss=..., rate=...)``."""
     if not enabled:
         yield lambda **_: None
@@ -596,5 +717,5 @@ def _progress_bar(enabled: bool, title: str, total: int):
                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} samples/s"),
                TimeRemainingColumn())
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(title, total=total, loss=math.nan, rate=0.0)
+        task = bar.add_task(title, total=total, completed=completed, loss=math.nan, rate=0.0)
         yield lambda **fields: bar.update(task, advance=1, **fields)

@@ -74,6 +74,13 @@ def tile_origins(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
+def event_ids(times: Sequence, step: pd.Timedelta | str) -> np.ndarray:
+    """Per frame, the number of its event: runs of consecutive steps, a new one after every gap."""
+    t = pd.DatetimeIndex(times).as_unit("ns").asi8
+    return np.concatenate([[0], np.cumsum(np.diff(t) != pd.Timedelta(step).value)]).astype(int) if len(t) else \
+        np.zeros(0, dtype=int)
+
+
 def split_windows(
     times: Sequence,
     length: int,
@@ -85,12 +92,15 @@ def split_windows(
 ) -> dict[str, np.ndarray]:
     """Gapless window starts of each split, by time blocks, with no frame in two splits.
 
-    Every frame is given to one split: with ``block=None`` the time axis is cut
-    chronologically (first ``fractions[0]`` of the frames train, then
-    validation, then test); with a ``block`` duration (e.g. ``"1D"``) the
-    blocks are shuffled with ``seed`` and dealt out in the given fractions. A
-    window belongs to a split only if all its frames do, so windows straddling
-    a split boundary are dropped.
+    Every frame is given to one split. With ``block=None`` the time axis is
+    cut chronologically (training first, then validation, then test); a
+    validation or test share asked for gets at least ``length`` frames (one
+    window), taken from training, so small archives still validate. With a
+    ``block`` duration (e.g. ``"1D"``) or ``"event"`` (each run of frames
+    between gaps) the blocks are shuffled with ``seed`` and dealt out in the
+    given fractions, each share asked for getting at least one block while
+    training keeps one. A window belongs to a split only if all its frames
+    do, so windows straddling a split boundary are dropped.
 
     Returns: ``{"train": starts, "val": starts, "test": starts}`` (int arrays).
     """
@@ -99,21 +109,34 @@ def split_windows(
     n = len(index)
     fractions = np.asarray(fractions, dtype="f8") / np.sum(fractions)
     if block is None:
-        bounds = np.round(np.cumsum(fractions) * n).astype(int)
-        owner = np.searchsorted(bounds, np.arange(n), side="right")
+        sizes = _shares(n, fractions, minimum=length)
+        owner = np.repeat(np.arange(len(SPLITS)), sizes)
     else:
-        block_id = ((index.asi8 - index.asi8[0]) // pd.Timedelta(block).value) if n else np.zeros(0, int)
+        if block == "event":
+            block_id = event_ids(index, step)
+        else:
+            block_id = ((index.asi8 - index.asi8[0]) // pd.Timedelta(block).value) if n else np.zeros(0, int)
         n_blocks = int(block_id.max()) + 1 if n else 0
-        counts = np.round(np.cumsum(fractions) * n_blocks).astype(int)
         order = np.random.default_rng(seed).permutation(n_blocks)
         block_owner = np.empty(n_blocks, dtype=int)
-        block_owner[order] = np.searchsorted(counts, np.arange(n_blocks), side="right")
+        block_owner[order] = np.repeat(np.arange(len(SPLITS)), _shares(n_blocks, fractions, minimum=1))
         owner = block_owner[block_id]
     changes = np.concatenate([[0], np.cumsum(owner[1:] != owner[:-1])]) if n else owner
     starts = gapless_starts(index, length, step)
     ends = starts + length - 1
     same = changes[ends] == changes[starts]
     return {name: starts[same & (owner[starts] == k)] for k, name in enumerate(SPLITS)}
+
+
+def _shares(n: int, fractions: np.ndarray, minimum: int) -> np.ndarray:
+    """``n`` items dealt in ``fractions`` (train, val, test); val and test, when asked for, get
+    at least ``minimum`` as long as training keeps ``minimum``."""
+    sizes = np.diff(np.round(np.cumsum(np.concatenate([[0.0], fractions])) * n).astype(int))
+    for k in (1, 2):
+        if fractions[k] > 0 and sizes[k] < minimum and sizes[0] - (minimum - sizes[k]) >= minimum:
+            sizes[0] -= minimum - sizes[k]
+            sizes[k] = minimum
+    return sizes
 
 
 class WindowDataset(Dataset):
@@ -280,8 +303,9 @@ def split_datasets(
     ``transform`` is a :class:`Transform`, a kind (``"dbr"``, ``"log1p"``,
     ``"minmax"``, ``"identity"``) or None for the variable's default
     (:data:`nowcast.transforms.DEFAULT_KIND`: dBR for rain rate, log1p up to
-    the 99.9 % quantile for crowd flow). Validation and test keep every patch
-    (no wet-fraction filter), so their scores describe the whole domain.
+    the 99.9 % quantile for crowd flow). ``fractions``, ``block`` and ``seed``
+    split the time axis (:func:`split_windows`). Validation and test keep every
+    patch (no wet-fraction filter), so their scores describe the whole domain.
     """
     data, ds = open_frames(source, variable)
     source = source if isinstance(source, xr.Dataset) else Path(source)

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from nowcast import archive
 from nowcast.checkpoint import CheckpointError, load_checkpoint
@@ -111,11 +112,72 @@ def test_killed_run_resumes_to_identical_losses(full_run, store, tmp_path):
     done = load_checkpoint(run / "last.pt")["epoch"]
     assert 1 <= done < 3
     resumed = train(store, "tau-tiny", run, resume=True, progress=False)
-    keys = ("epoch", "step", "samples", "train_loss", "val_loss", "val_mse", "lr")
-    assert [{k: h[k] for k in keys} for h in resumed.history] == \
-        [{k: h[k] for k in keys} for h in full_run.history]
+    assert _same_history(resumed.history, full_run.history)
     with pytest.raises(ValueError, match="epochs=5"):
         train(store, "tau-tiny", run, resume=True, epochs=5, progress=False)
+
+
+HISTORY_KEYS = ("epoch", "step", "samples", "train_loss", "val_loss", "val_mse", "lr")
+
+
+def _same_history(a: list[dict], b: list[dict]) -> bool:
+    return [{k: h[k] for k in HISTORY_KEYS} for h in a] == [{k: h[k] for k in HISTORY_KEYS} for h in b]
+
+
+def test_step_checkpoint_resumes_mid_epoch(full_run, store, tmp_path, monkeypatch):
+    """Crash in epoch 2 after the step-6 checkpoint (checkpoint_every=3): resuming it matches bit for bit."""
+    real_step = _Trainer._step
+
+    def crashing_step(self, x, y):
+        if self.step == 6:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, x, y)
+
+    run = tmp_path / "steps"
+    monkeypatch.setattr(_Trainer, "_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(store, "tau-tiny", run, checkpoint_every=3, progress=False, **RUN)
+    state = load_checkpoint(run / "last.pt")
+    assert (state["epoch"], state["step"], state["progress"]["batch"]) == (1, 6, 2)
+    monkeypatch.setattr(_Trainer, "_step", real_step)
+    resumed = train(store, "tau-tiny", run, resume=True, progress=False)
+    assert _same_history(resumed.history, full_run.history)
+
+
+def test_time_budget_stops_cleanly_and_resumes(full_run, store, tmp_path):
+    """`--time-budget 0` stops after the first step with best.pt and a step checkpoint; resume finishes the run."""
+    from typer.testing import CliRunner
+
+    from nowcast.cli import app
+
+    run = tmp_path / "budget"
+    done = CliRunner().invoke(app, ["train", str(store), "--model", "tau-tiny", "--out", str(run), "--no-progress",
+                                    "--time-budget", "0", "--checkpoint-every", "2", *CLI_RUN])
+    assert done.exit_code == 0, done.output
+    assert "time budget spent" in done.output
+    state = load_checkpoint(run / "last.pt")
+    assert (state["epoch"], state["step"], state["progress"]["batch"]) == (0, 1, 1)
+    assert load_checkpoint(run / "best.pt")["step"] == 1  # validated before stopping: the best so far
+    resumed = train(store, "tau-tiny", run, resume=True, progress=False)
+    assert not resumed.stopped_by_budget and _same_history(resumed.history, full_run.history)
+
+
+def test_validation_split_on_a_small_archive(tmp_path):
+    """Too few frames to validate: a clear error naming what to pass; two events split whole."""
+    short = synthetic_radar(20, size=16, seed=2)
+    with pytest.raises(ValueError, match=r"no validation window.*--split 1,0,0"):
+        train(short, "tau-tiny", tmp_path / "short", epochs=1, steps_per_epoch=1, batch_size=2,
+              fractions=(0.8, 0.2, 0.0), progress=False)
+    assert train(short, "tau-tiny", tmp_path / "none", epochs=1, steps_per_epoch=1, batch_size=2,
+                 fractions=(1.0, 0.0, 0.0), progress=False).history[0]["samples"] == 2
+    gappy = xr.concat([short, synthetic_radar(6, size=16, seed=3, start="2024-06-02")], "time")
+    with pytest.raises(ValueError, match="--block event"):  # the last 12 frames span the gap
+        train(gappy, "tau-tiny", tmp_path / "gappy", epochs=1, steps_per_epoch=1, batch_size=2,
+              fractions=(0.8, 0.2, 0.0), progress=False)
+    events = xr.concat([short, synthetic_radar(20, size=16, seed=3, start="2024-06-02")], "time")
+    result = train(events, "tau-tiny", tmp_path / "events", epochs=1, steps_per_epoch=1, batch_size=2,
+                   fractions=(0.5, 0.5, 0.0), block="event", progress=False)
+    assert load_checkpoint(result.last_checkpoint)["data"]["samples"] == {"train": 9, "val": 9, "test": 0}
 
 
 def test_early_stopping_on_validation_loss(store, tmp_path, monkeypatch):

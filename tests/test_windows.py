@@ -163,3 +163,15 @@ def test_minmax_inverse_caps_exploding_network_output():
     out = scaler.inverse(np.array([-0.2, 0.5, 1.2, 40.0], dtype="f4"))
     np.testing.assert_allclose(out, [0.0, 500.0, 1200.0, 1500.0])
     assert from_dict(scaler.to_dict()) == scaler
+
+
+def test_small_archives_and_events_still_validate():
+    """A validation share too short for one window grows to one; ``block="event"`` deals whole gapless runs."""
+    times = pd.date_range("2024-06-01", periods=40, freq="5min")
+    parts = split_windows(times, 18, "5min", fractions=(0.8, 0.1, 0.1))
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [1, 1, 0]  # test would leave training none
+    assert list(parts["val"]) == [18]
+    two = times.append(pd.date_range("2024-06-02", periods=30, freq="5min"))
+    by_event = split_windows(two, 18, "5min", fractions=(0.5, 0.5, 0.0), block="event", seed=1)
+    owners = {len(by_event["train"]), len(by_event["val"])}
+    assert owners == {40 - 18 + 1, 30 - 18 + 1} and len(by_event["test"]) == 0

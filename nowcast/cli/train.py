@@ -44,7 +44,8 @@ def train(
     min_wet_fraction: float = typer.Option(0.0, help="Drop training tiles with a smaller wet fraction."),
     split: str = typer.Option("0.8,0.1,0.1", help="Train, validation and test fractions of the time axis."),
     block: Optional[str] = typer.Option(None, help="Split train/val/test by shuffled blocks of this duration "
-                                                   "(e.g. 1D) (default: chronological)."),
+                                                   "(e.g. 1D) or 'event' (each gapless run) (default: "
+                                                   "chronological)."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this (default: off, "
                                                          "as in the papers' code)."),
     input_phase_loss: Optional[bool] = typer.Option(
@@ -61,6 +62,10 @@ def train(
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA), bf16, fp16 or off."),
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    time_budget: Optional[float] = typer.Option(
+        None, help="Minutes of wall time: then stop cleanly (best.pt kept, --resume continues)."),
+    checkpoint_every: Optional[int] = typer.Option(
+        None, min=1, help="Also checkpoint (last.pt) every N steps, not only every epoch."),
     seed: int = typer.Option(0, help="Seed of initialisation and sample order."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard."),
@@ -81,13 +86,15 @@ def train(
             t_in=t_in, t_out=t_out, patch=patch, min_wet_fraction=min_wet_fraction,
             fractions=_fractions(split), block=block, grad_clip=grad_clip, input_phase_loss=input_phase_loss,
             patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
-            num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame, frame_cache=frame_cache)
+            num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame, frame_cache=frame_cache,
+            time_budget=time_budget, checkpoint_every=checkpoint_every)
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:
         fail(str(err).strip("'\""))
     if int(os.environ.get("RANK", "0")):
         return
     console = Console()
-    table = Table(title=f"{model}: {len(result.history)} epochs" + (" (early stop)" if result.stopped_early else ""))
+    stop = " (early stop)" if result.stopped_early else " (time budget spent)" if result.stopped_by_budget else ""
+    table = Table(title=f"{model}: {len(result.history)} epochs{stop}")
     for column in ("epoch", "train loss", "val loss", "samples/s"):
         table.add_column(column, justify="right")
     for row in result.history:
