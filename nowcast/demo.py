@@ -173,7 +173,12 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None, *, on_step: Ste
     tell("synthetic radar → archive")
     store, reference_time = make_archive(out, cfg)
     result = DemoResult(out_dir=out, archive=store)
-    tell(f"training {', '.join(cfg.models)} in the {cfg.frame} frame" if cfg.models else "no deep models")
+    from nowcast.models import family_of
+
+    budget = ", ".join(f"{m} {cfg.epochs} x {cfg.steps_per_epoch or DEMO_STEPS.get(family_of(m), 20)} steps"
+                       for m in cfg.models)
+    tell(f"training in the {cfg.frame} frame ({budget}; a short CPU budget, minutes)" if cfg.models
+         else "no deep models")
     runs = train_models(store, reference_time, out, cfg, progress=progress)
     tell(f"nowcasts issued at {reference_time:%Y-%m-%d %H:%M} UTC")
     forecasts = issue_forecasts(store, reference_time, runs, cfg)

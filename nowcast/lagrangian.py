@@ -178,8 +178,12 @@ def window_cache(source: str | os.PathLike | xr.Dataset, dataset: WindowDataset,
     started = time.perf_counter()
     cy, cx = min(CHUNK_CELLS, dataset.height), min(CHUNK_CELLS, dataset.width)
     encoding = {"frames": {"chunks": (1, dataset.length, cy, cx)}, "motion": {"chunks": (1, 2, cy, cx)}}
+    log.info("building the Lagrangian-frame window cache: %d windows (optical flow and advection, "
+             "about 1 s each on one core) into %s", len(starts), path)
     try:
         for first in range(0, len(starts), BUILD_BATCH):
+            if first:
+                log.info("  %d of %d windows cached", first, len(starts))
             batch = starts[first:first + BUILD_BATCH]
             frames, velocities = [], []
             for start in batch:

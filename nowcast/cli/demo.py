@@ -20,8 +20,10 @@ def demo(
     frame: str = typer.Option("lagrangian", help="Frame the models learn in: lagrangian or eulerian."),
 ) -> None:
     """Synthetic radar → Zarr archive → deep-model and classic nowcasts → CF-NetCDF, GeoTIFF, scores and maps."""
+    import logging
     import time
 
+    from rich.logging import RichHandler
     from rich.table import Table
 
     from nowcast.demo import DemoConfig, run_demo
@@ -30,6 +32,11 @@ def demo(
     cfg = DemoConfig(size=size, models=tuple(m for m in models.split(",") if m), epochs=epochs,
                      steps_per_epoch=steps_per_epoch, seed=seed, frame=frame)
     start = time.perf_counter()
+    # Training and window-cache messages (per model and epoch), so the long step shows progress in logs too.
+    handler = RichHandler(console=term, show_path=False, show_time=False)
+    for name in ("nowcast.training", "nowcast.lagrangian"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
     with term.status("starting") as status:
         def on_step(name: str) -> None:
             term.log(f"[bold]{name}")
