@@ -136,19 +136,11 @@ def verify(forecasts: dict[str, xr.Dataset], store: Path, out_dir: Path,
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
     write_text_atomic(js, json.dumps(table.to_dict(orient="records"), indent=1, default=str))
-    best = _best_model(table, [m for m in forecasts if not is_baseline(m)])
-    panels = {name: forecasts[name] for name in (best, "lagrangian", "persistence") if name in forecasts}
+    # Every method, models first: a map that shows only the best model hides how the others behave.
+    panels = {name: forecasts[name] for name in sorted(forecasts, key=is_baseline)}
     maps = [plot_forecast_panels(panels, obs, out_dir / "maps" / "forecast_vs_observation.png"),
             plot_scores_vs_lead(table, out_dir / "maps" / "csi_vs_lead.png", metric="csi", threshold=1.0)]
     return table, csv, js, maps
-
-
-def _best_model(table: pd.DataFrame, models: list[str]) -> str | None:
-    """The deep model with the highest mean CSI at 1 mm/h (None if there is none)."""
-    if not models:
-        return None
-    csi = table[(table.metric == "csi") & (table.threshold == 1.0) & table.method.isin(models)]
-    return csi.groupby("method")["value"].mean().idxmax() if len(csi) else models[0]
 
 
 def summarise(table: pd.DataFrame, leads_min: Sequence[int] = (5, 30, 60)) -> pd.DataFrame:
