@@ -4,9 +4,10 @@ Layout (format 2). Slot ``k`` of the store holds the frame valid at
 ``t0 + k * time_step``, where ``t0`` is the first frame's time taken back by
 whole steps to the start of 1970, so a frame of any later date, earlier or
 later than those archived, has its slot (unwritten chunks cost nothing). The
-data variable is the store's only array along ``time``. Which slots hold a frame is the commit record, one attribute of the
-Zarr group (``nowcast_archive``: ``t0``, ``slots``, and the ``present`` slot
-ranges), written in one atomic file replace. So:
+data variable is the store's only array along ``time``. Which slots hold a
+frame is the commit record, one attribute of the Zarr group
+(``nowcast_archive``: ``t0``, ``slots``, and the ``present`` slot ranges),
+written in one atomic file replace. So:
 
 * A late frame goes into its own slot (a region write); gaps stay gaps until
   filled; re-writing a frame already present is a no-op.

@@ -2,10 +2,10 @@
 
 :func:`ingest` reads the files of one source in time order (times come from
 file names or headers, so ordering reads no data), decodes a batch at a time
-in threads or worker processes (:mod:`nowcast.decoding`), and appends them to the Zarr archive batch by batch with
-:func:`nowcast.archive.write` (idempotent, crash-safe, one writer at a time;
-a frame that arrives late fills its own slot). A batch is
-about 64 MiB of frames (one frame when a frame is larger), so memory is
+in threads or worker processes (:mod:`nowcast.decoding`), and writes them
+to the Zarr archive batch by batch with :func:`nowcast.archive.write`
+(idempotent, crash-safe, one writer at a time; a frame that arrives late
+fills its own slot). A batch is about 64 MiB of frames (one frame when a frame is larger), so memory is
 bounded by a couple of batches and the decoding of one, never by the archive.
 
 Bad input never aborts an ingest: a file that is missing, empty, truncated,
@@ -330,7 +330,7 @@ def ingest(
     with decoder(workers, processes) as decode:
         while position < len(planned):
             chunk = planned[position:position + job.files_per_read()]
-            for path, result in zip(chunk, decode.map(get_source(job.source), chunk, job.options, on_error == "raise")):
+            for path, result in zip(chunk, decode.map(kind, chunk, job.options, on_error == "raise")):
                 job.add(path, result)
             position += len(chunk)
     return job.finish()
