@@ -139,3 +139,12 @@ def test_paper_loss_per_family():
     assert models.paper_loss("stlight") is models.mse
     with torch.device("meta"):
         assert models.paper_loss(build("mslstm-tiny")) is models.l1_l2_per_frame
+
+
+def test_training_loss_by_name():
+    pred, target = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, -1.0]])
+    assert models.training_loss("tau-tiny") is models.tau_loss
+    assert models.training_loss("tau-tiny", "mae")(pred, target).item() == pytest.approx(2.0)
+    assert models.training_loss("stlight", "mse")(pred, target).item() == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        models.training_loss("tau", "huber")

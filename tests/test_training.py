@@ -237,6 +237,26 @@ def test_mslstm_loss_covers_the_input_phase_unless_restricted(store, tmp_path, m
         train(store, "tau-tiny", tmp_path / "tau", input_phase_loss=True, **common)
 
 
+def test_loss_option_replaces_the_paper_loss_and_is_stored(store, tmp_path, monkeypatch):
+    from nowcast import models
+
+    calls = []
+    real_mae = models.losses.mae
+
+    def mae(pred, target):
+        calls.append(pred.shape[1])
+        return real_mae(pred, target)
+
+    monkeypatch.setattr(models.losses, "mae", mae)
+    common = dict(epochs=1, steps_per_epoch=2, batch_size=2, patch=16, t_in=4, t_out=2, val_samples=1,
+                  fractions=(0.95, 0.05, 0.0), progress=False)
+    result = train(store, "stlight-tiny", tmp_path / "mae", loss="mae", **common)
+    assert calls == [2, 2, 2]  # two training steps, one validation batch
+    assert load_checkpoint(result.last_checkpoint)["config"]["loss"] == "mae"
+    with pytest.raises(ValueError, match="unknown loss 'l3'"):
+        train(store, "stlight-tiny", tmp_path / "l3", loss="l3", **common)
+
+
 def test_domain_off_the_size_multiple_is_padded_as_in_forecasting(tmp_path):
     obs = synthetic_radar(64, size=16, seed=1).isel(y=slice(0, 14), x=slice(0, 10))
     result = train(obs, "tau-tiny", tmp_path / "odd", epochs=1, steps_per_epoch=1, batch_size=2,

@@ -52,6 +52,8 @@ def train(
         None, "--input-phase-loss/--forecast-loss-only",
         help="MS-LSTM: train on the input phase's one-step outputs too, as the reference code (default), "
              "or on the forecast frames only."),
+    loss: str = typer.Option("paper", help="paper (default: each family's own), or mse or mae (median "
+                                            "forecasts: lower MAE, sharper rain edges)."),
     frame: Optional[str] = typer.Option(
         None, help="eulerian (default, the papers') or lagrangian: learn the evolution of rain advected along "
                    "its optical flow (radar only); forecasts apply the checkpoint's frame."),
@@ -85,7 +87,7 @@ def train(
             archive, model, out, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
             t_in=t_in, t_out=t_out, patch=patch, min_wet_fraction=min_wet_fraction,
             fractions=_fractions(split), block=block, grad_clip=grad_clip, input_phase_loss=input_phase_loss,
-            patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
+            loss=loss, patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
             num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame, frame_cache=frame_cache,
             time_budget=time_budget, checkpoint_every=checkpoint_every)
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:

@@ -14,10 +14,11 @@ only MS-LSTM uses ``target``/``sampling_ratio`` (scheduled sampling, see
 """
 
 from .base import FRAMES, DirectModel, SequenceModel, pad_to_multiple, run_padded
-from .losses import differential_divergence, l1_l2_per_frame, mse, tau_loss
+from .losses import differential_divergence, l1_l2_per_frame, mae, mse, tau_loss
 from .mslstm import MSLSTM, MKLSTMCell, scheduled_sampling_ratio
 from .registry import (
     FAMILIES,
+    LOSS_NAMES,
     PRESETS,
     Preset,
     PresetInfo,
@@ -29,14 +30,15 @@ from .registry import (
     macs,
     paper_loss,
     parameter_count,
+    training_loss,
 )
 from .stlight import STLight, STLMixer
 from .tau import TAU, TAUBlock
 
 __all__ = [
-    "FAMILIES", "FRAMES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
+    "FAMILIES", "FRAMES", "LOSS_NAMES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
     "STLight", "SequenceModel", "DirectModel", "TAU", "TAUBlock", "TrainingDefaults", "build",
-    "differential_divergence", "family_of", "forward_flops", "l1_l2_per_frame", "list_presets", "macs", "mse",
+    "differential_divergence", "family_of", "forward_flops", "l1_l2_per_frame", "list_presets", "macs", "mae", "mse",
     "pad_to_multiple", "paper_loss", "parameter_count", "run_padded", "scheduled_sampling_ratio",
-    "tau_loss",
+    "tau_loss", "training_loss",
 ]

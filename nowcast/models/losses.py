@@ -14,6 +14,16 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
 
 
+def mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over all elements (not a paper loss: the ``loss="mae"`` option).
+
+    Its minimiser is the conditional median, which a monotonic scaler (dBR,
+    log1p, min-max) maps to the median in physical units: the forecast that
+    minimises MAE there, where MSE's conditional mean blurs rain edges.
+    """
+    return F.l1_loss(pred.float(), target.float())
+
+
 def differential_divergence(pred: torch.Tensor, target: torch.Tensor,
                             tau: float = 0.1) -> torch.Tensor:
     """TAU's differential divergence regularisation (DDR).

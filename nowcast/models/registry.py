@@ -28,6 +28,8 @@ FAMILIES: dict[str, type[SequenceModel]] = {"tau": TAU, "stlight": STLight, "msl
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "tau": losses.tau_loss, "stlight": losses.mse, "mslstm": losses.l1_l2_per_frame,
 }
+#: Training losses by name: ``"paper"`` (each family's own, :data:`LOSSES`) or a deviation from it.
+LOSS_NAMES = ("paper", "mse", "mae")
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,16 @@ def paper_loss(name_or_model: str | nn.Module) -> Callable[[torch.Tensor, torch.
     """The paper's loss ``(pred, target) -> scalar``: TAU MSE + 0.1·DDR, STLight MSE,
     MS-LSTM per-frame summed L1 + L2."""
     return LOSSES[family_of(name_or_model)]
+
+
+def training_loss(name_or_model: str | nn.Module, loss: str = "paper"
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss named ``loss`` (:data:`LOSS_NAMES`): the paper's (:func:`paper_loss`), plain MSE or MAE."""
+    if loss == "paper":
+        return paper_loss(name_or_model)
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {list(LOSS_NAMES)}")
+    return getattr(losses, loss)
 
 
 def parameter_count(model: nn.Module) -> int:
