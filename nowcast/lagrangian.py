@@ -58,6 +58,8 @@ CACHE_VERSION = 1
 CHUNK_CELLS = 64
 #: Windows advected and written per append to the cache.
 BUILD_BATCH = 16
+#: Caches up to this many bytes of frames are read into memory once (per process) instead of per sample.
+IN_MEMORY_BYTES = 1 << 30
 
 
 def check_frame(frame: str, variable: str) -> None:
@@ -126,6 +128,7 @@ class WindowCache:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._ds: xr.Dataset | None = None
+        self._frames: np.ndarray | None = None
         self.index = {int(s): i for i, s in enumerate(self.dataset["start"].values)}
 
     @property
@@ -135,12 +138,20 @@ class WindowCache:
         return self._ds
 
     def __getstate__(self) -> dict:
-        return dict(self.__dict__, _ds=None)  # reopened lazily in each DataLoader worker
+        return dict(self.__dict__, _ds=None, _frames=None)  # reopened lazily in each DataLoader worker
 
     def window(self, start: int, y: slice, x: slice) -> np.ndarray:
-        """Advected frames ``[T, 1, h, w]`` of the window starting at time index ``start``."""
-        frames = self.dataset["frames"].isel(window=self.index[int(start)], y=y, x=x).values
-        return np.asarray(frames, dtype="f4")[:, None]
+        """Advected frames ``[T, 1, h, w]`` of the window starting at time index ``start``.
+
+        A cache of at most :data:`IN_MEMORY_BYTES` is read whole on first use:
+        per-sample Zarr reads cost more than a tiny model's training step.
+        """
+        frames = self.dataset["frames"]
+        if self._frames is None and frames.size * 4 <= IN_MEMORY_BYTES:
+            self._frames = np.asarray(frames.values, dtype="f4")
+        if self._frames is not None:
+            return self._frames[self.index[int(start)], :, y, x][:, None]
+        return np.asarray(frames.isel(window=self.index[int(start)], y=y, x=x).values, dtype="f4")[:, None]
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

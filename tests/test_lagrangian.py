@@ -85,7 +85,7 @@ def test_to_and_from_issue_time_return_a_rigidly_translating_frame_to_itself():
     assert np.isfinite(rel).all() and np.median(rel) < 0.05
 
 
-def test_training_samples_come_from_the_cache_in_the_lagrangian_frame(store, tmp_path):
+def test_training_samples_come_from_the_cache_in_the_lagrangian_frame(store, tmp_path, monkeypatch):
     splits = split_datasets(store, 6, 4, patch=32, fractions=(0.8, 0.2, 0.0))
     raw_x, raw_y = splits.train[5]
     cache = lagrangian.attach(splits, store, tmp_path / "cache")
@@ -99,6 +99,12 @@ def test_training_samples_come_from_the_cache_in_the_lagrangian_frame(store, tmp
     np.testing.assert_allclose(torch.cat([x, y])[:, 0].numpy(), expected[:, y0:y0 + 32, x0:x0 + 32], atol=1e-6)
     np.testing.assert_array_equal(x[-1].numpy(), raw_x[-1].numpy())  # the issue-time frame is not moved
     assert not torch.equal(y, raw_y)
+    assert cache._frames is not None  # a small cache is read into memory once
+    on_disk = lagrangian.WindowCache(cache.path)
+    monkeypatch.setattr(lagrangian, "IN_MEMORY_BYTES", 0)  # a big one is read per sample: the same windows
+    np.testing.assert_array_equal(on_disk.window(start, slice(y0, y0 + 32), slice(x0, x0 + 32)),
+                                  cache.window(start, slice(y0, y0 + 32), slice(x0, x0 + 32)))
+    assert on_disk._frames is None
     assert splits.val.cache is cache and len(cache.index) == len(np.unique(np.concatenate(
         [splits.train.samples[:, 0], splits.val.samples[:, 0]])))
     # Same archive and settings: the same cache; more frames committed: a new one.
