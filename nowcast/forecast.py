@@ -11,7 +11,8 @@ extrapolation (historical average for crowd flows) issued from the same
 frames, so every forecast can be compared; :func:`issue_nowcasts` issues them
 at many times and writes the products (``nowcast forecast`` and
 ``flows/forecast.py``). A model trained in the Lagrangian frame (its
-checkpoint's ``frame``) forecasts in it (:func:`nowcast.lagrangian.predict`).
+checkpoint's ``frame``) forecasts in it (:func:`nowcast.lagrangian.predict`),
+as does one trained on anomalies from the weekly cycle (:func:`nowcast.anomaly.predict`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from nowcast import baselines, lagrangian, models
+from nowcast import anomaly, baselines, lagrangian, models
 from nowcast.checkpoint import CheckpointError, file_hash, load_run
 from nowcast.products.atomic import check_writable, remove_stale, scratch_tag
 from nowcast.schema import data_variables, make_forecast, time_step, validate
@@ -189,7 +190,9 @@ def forecast(
         forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``,
         ``checkpoint`` and ``frame``), lead ``k`` valid at ``at + k · time_step``;
         NaN where any input frame is NaN (no coverage), or, in the Lagrangian
-        frame, where the Lagrangian extrapolation has NaN.
+        frame, where the Lagrangian extrapolation has NaN; in the anomaly
+        frame where the leads' climatology has no history (``obs`` must reach
+        :data:`nowcast.anomaly.WEEKS` weeks back).
 
     Raises:
         MissingInputError: when input frames are missing (names them).
@@ -211,10 +214,16 @@ def forecast(
         tile = 256
     frame = getattr(model, "frame", "eulerian")
     lagrangian.check_frame(frame, variable)
-    run = lagrangian.predict if frame == "lagrangian" else predict
-    fields = run(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
-    fields = fields if variable == "crowd_flow" else fields[:, 0]
     reference = pd.Timestamp(window["time"].values[-1])
+    options = dict(device=device, tile=tile, overlap=overlap)
+    if frame == "anomaly":
+        valid = reference + np.arange(1, n_leads + 1) * time_step(obs)
+        fields = anomaly.predict(model, transform, frames, anomaly.climatology_of(obs, window["time"].values),
+                                 anomaly.climatology_of(obs, valid), **options)
+    else:
+        fields = (lagrangian.predict if frame == "lagrangian" else predict)(model, transform, frames, n_leads,
+                                                                           **options)
+    fields = fields if variable == "crowd_flow" else fields[:, 0]
     log.info("%s forecast issued at %s: %d leads", meta.get("preset"), reference, n_leads)
     attrs = {"checkpoint_hash": meta.get("checkpoint_hash", ""), "checkpoint": meta.get("checkpoint", ""),
              "frame": frame}
@@ -234,18 +243,26 @@ def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads:
     coverage) in any input frame are NaN in every lead: the network saw a
     made-up 0 there, so its output is no forecast.
     """
-    _, _, height, width = frames.shape
+    fields = transform.inverse(predict_scaled(model, transform.forward(frames), n_leads, device=device, tile=tile,
+                                              overlap=overlap))
+    fields[:, np.isnan(frames).any(axis=0)] = np.nan
+    return fields
+
+
+@torch.no_grad()
+def predict_scaled(model: nn.Module, scaled: np.ndarray, n_leads: int, *, device: str | torch.device = "cpu",
+                   tile: int | None = None, overlap: int | None = None) -> np.ndarray:
+    """Scaled ``[T_in, C, H, W]`` → scaled ``[n_leads, C, H, W]`` (float32; padding and tiles as :func:`predict`)."""
+    _, _, height, width = scaled.shape
     multiple = model.size_multiple
-    x = torch.from_numpy(transform.forward(frames))[None].to(device)
+    x = torch.from_numpy(np.ascontiguousarray(scaled, dtype="f4"))[None].to(device)
     model.eval()
     if tile is None:
         y = models.run_padded(model, x, multiple, n_leads)[0]
     else:
         y = _tiled(model, models.pad_to_multiple(x, multiple), n_leads, tile, overlap,
                    multiple)[..., :height, :width]
-    fields = transform.inverse(y.float().cpu().numpy())
-    fields[:, np.isnan(frames).any(axis=0)] = np.nan
-    return fields
+    return y.float().cpu().numpy()
 
 
 def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None,

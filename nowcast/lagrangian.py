@@ -39,7 +39,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from nowcast import archive, baselines
+from nowcast import anomaly, archive, baselines
 from nowcast.models.base import FRAMES
 
 if TYPE_CHECKING:
@@ -63,9 +63,12 @@ IN_MEMORY_BYTES = 1 << 30
 
 
 def check_frame(frame: str, variable: str) -> None:
-    """Refuse an unknown ``frame``, and the Lagrangian frame for a variable that is not advected."""
+    """Refuse an unknown ``frame``, the Lagrangian frame for a variable that is not advected and
+    the anomaly frame for one without a weekly cycle."""
     if frame not in FRAMES:
         raise ValueError(f"unknown frame {frame!r}; choose one of {list(FRAMES)}")
+    if frame == "anomaly":
+        anomaly.check_variable(variable)
     if frame == "lagrangian" and variable not in baselines.RAIN_VARIABLES:
         raise ValueError(
             f"the Lagrangian frame moves rain along its optical flow; '{variable}' is not advected "

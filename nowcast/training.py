@@ -10,7 +10,9 @@ dataset) and writes a run folder::
     RUN_DIR/metrics.csv    one row per epoch (also metrics.json; TensorBoard optional)
 
 With ``frame="lagrangian"`` the model learns in the Lagrangian frame
-(:mod:`nowcast.lagrangian`), from windows advected once into a cache.
+(:mod:`nowcast.lagrangian`), from windows advected once into a cache; with
+``frame="anomaly"`` crowd flows are learnt as departures from their weekly
+cycle (:mod:`nowcast.anomaly`).
 
 Runs are reproducible: the model is initialised from ``seed``, the sample
 order of epoch ``e`` depends only on ``(seed, e)``, and every random state is
@@ -42,7 +44,7 @@ import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from nowcast import lagrangian, models
+from nowcast import anomaly, lagrangian, models
 from nowcast.checkpoint import (BEST, LAST, find_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                 set_rng_state)
 from nowcast.products.atomic import atomic_path, write_text_atomic
@@ -240,8 +242,9 @@ def train(
             what to pass instead; ``fractions=(1, 0, 0)`` trains without one.
         transform: scaler kind (default by variable, :data:`nowcast.transforms.DEFAULT_KIND`:
             dBR for rain rate, log1p up to the training split's 99.9 % quantile for crowd flow).
-        frame: ``"eulerian"`` (default, the papers') or ``"lagrangian"`` (rain only:
-            :mod:`nowcast.lagrangian`); stored in the checkpoint, so forecasts apply it.
+        frame: ``"eulerian"`` (default, the papers'), ``"lagrangian"`` (rain only:
+            :mod:`nowcast.lagrangian`) or ``"anomaly"`` (crowd flows only:
+            :mod:`nowcast.anomaly`); stored in the checkpoint, so forecasts apply it.
         frame_cache: folder of the Lagrangian-frame window cache (default
             :func:`nowcast.lagrangian.default_cache_folder`).
 
@@ -413,6 +416,8 @@ class _Trainer:
         lagrangian.check_frame(cfg.frame, str(self.data.train.variable))
         if cfg.frame == "lagrangian":
             lagrangian.attach(self.data, source, cfg.frame_cache or lagrangian.default_cache_folder(source, run_dir))
+        elif cfg.frame == "anomaly":
+            anomaly.attach(self.data, source)
         self.model = models.build(cfg.preset, t_in=cfg.t_in, t_out=cfg.t_out, frame=cfg.frame,
                                   in_channels=self.data.train.channels, **cfg.model_overrides)
         self.model.to(dev)

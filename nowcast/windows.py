@@ -12,7 +12,9 @@ training split only.
 Samples are ``(x, y)`` float32 tensors ``[T_in, C, h, w]`` and
 ``[T_out, C, h, w]`` (``C`` = 1 for radar, 2 for in/out flow), in the
 transform's units. A dataset's ``cache`` (:class:`nowcast.lagrangian.WindowCache`)
-replaces the observed window frames by precomputed ones (the Lagrangian frame).
+replaces the observed window frames by precomputed ones (the Lagrangian frame);
+its ``climatology`` (:func:`nowcast.anomaly.attach`) turns them into departures
+from the weekly cycle (the anomaly frame).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
-from nowcast import archive
+from nowcast import anomaly, archive
 from nowcast.schema import data_variables, time_step
 from nowcast.transforms import Transform, make
 
@@ -182,6 +184,7 @@ class WindowDataset(Dataset):
         self.height, self.width = ds.sizes["y"], ds.sizes["x"]
         self.transform = transform
         self.cache = None
+        self.climatology: np.ndarray | None = None
         if starts is None:
             starts = gapless_starts(self.times, self.length, self.step)
         self.starts = np.asarray(starts, dtype=np.int64)
@@ -237,7 +240,12 @@ class WindowDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start, tile = (int(v) for v in self.samples[index])
         frames = self.read_window(start, tile)
-        frames = self.transform.forward(frames) if self.transform else np.nan_to_num(frames, nan=0.0)
+        if self.climatology is not None:
+            (y0, x0), (h, w) = self.tiles[tile], self.patch
+            clim = self.climatology[start:start + self.length, ..., y0:y0 + h, x0:x0 + w]
+            frames = anomaly.to_anomaly(self.transform, frames, clim)
+        else:
+            frames = self.transform.forward(frames) if self.transform else np.nan_to_num(frames, nan=0.0)
         frames = torch.from_numpy(np.ascontiguousarray(frames))
         return frames[:self.t_in], frames[self.t_in:]
 

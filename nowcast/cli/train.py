@@ -55,8 +55,9 @@ def train(
     loss: str = typer.Option("paper", help="paper (default: each family's own), or mse or mae (median "
                                             "forecasts: lower MAE, sharper rain edges)."),
     frame: Optional[str] = typer.Option(
-        None, help="eulerian (default, the papers') or lagrangian: learn the evolution of rain advected along "
-                   "its optical flow (radar only); forecasts apply the checkpoint's frame."),
+        None, help="eulerian (default, the papers'), lagrangian: learn the evolution of rain advected along "
+                   "its optical flow (radar only), or anomaly: learn departures from the weekly cycle (crowd "
+                   "flows with 4 weeks of history); forecasts apply the checkpoint's frame."),
     frame_cache: Optional[Path] = typer.Option(
         None, help="Folder of the Lagrangian-frame window cache (default: ARCHIVE.lagrangian beside the archive)."),
     patience: int = typer.Option(10, help="Early stopping: epochs without a lower validation loss (0: never)."),

@@ -10,7 +10,8 @@ learns. ``eulerian`` (the papers'): it maps observed frames to frames.
 issue time and every output frame is a residual added to the frame before it
 (the last input for a direct model, the frame just read for a recurrent one),
 with a zero-initialised readout layer, so an untrained network is
-persistence in that frame.
+persistence in that frame. ``anomaly`` (:mod:`nowcast.anomaly`, crowd flows):
+the same residual network on departures from the weekly cycle.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 
 #: Frames of reference a network can learn in (see the module docstring).
-FRAMES = ("eulerian", "lagrangian")
+FRAMES = ("eulerian", "lagrangian", "anomaly")
 
 
 class SequenceModel(nn.Module):
@@ -47,16 +48,16 @@ class SequenceModel(nn.Module):
 
     @property
     def readout_layer(self) -> nn.Conv2d:
-        """The layer that emits the output frames (zero-initialised in the Lagrangian frame)."""
+        """The layer that emits the output frames (zero-initialised outside the Eulerian frame)."""
         return self.readout
 
     @property
     def residual(self) -> bool:
-        """Whether each output frame is added to the frame before it (the Lagrangian frame)."""
-        return self.frame == "lagrangian"
+        """Whether each output frame is added to the frame before it (the Lagrangian and anomaly frames)."""
+        return self.frame != "eulerian"
 
     def set_frame(self, frame: str) -> SequenceModel:
-        """Learn in ``frame``; ``lagrangian`` zeroes the readout layer (call before training)."""
+        """Learn in ``frame``; other than ``eulerian`` it zeroes the readout layer (call before training)."""
         if frame not in FRAMES:
             raise ValueError(f"unknown frame {frame!r}; choose one of {list(FRAMES)}")
         self.frame = self.config["frame"] = frame
