@@ -47,7 +47,8 @@ def _issue_index(obs: xr.Dataset, at) -> int:
     if stamp not in times:
         raise ValueError(
             f"issue time {stamp.isoformat()} is not in the observations, which cover "
-            f"{times[0].isoformat()} .. {times[-1].isoformat()} ({times.size} times, step {obs.attrs.get('time_step')})")
+            f"{times[0].isoformat()} .. {times[-1].isoformat()} "
+            f"({times.size} times, step {obs.attrs.get('time_step')})")
     return int(times.get_loc(stamp))
 
 

@@ -105,7 +105,8 @@ def from_issue_time(fields: np.ndarray, velocity: np.ndarray) -> np.ndarray:
 
 
 def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads: int, **options: Any) -> np.ndarray:
-    """:func:`nowcast.forecast.predict` in the Lagrangian frame: physical ``[T_in, 1, H, W]`` → ``[n_leads, 1, H, W]``.
+    """:func:`nowcast.forecast.predict` in the Lagrangian frame: physical ``[T_in, 1, H, W]`` →
+    ``[n_leads, 1, H, W]``.
 
     NaN where the baseline has NaN: trajectories from outside the domain or
     from cells without coverage at the issue time.

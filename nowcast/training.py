@@ -341,7 +341,8 @@ def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_e
     overrides = {k: v for k, v in model_overrides.items() if k not in ("t_in", "t_out", "in_channels")}
     return TrainConfig(
         preset=preset, epochs=epochs or defaults.epochs, batch_size=batch_size or defaults.batch_size,
-        lr=defaults.lr if lr is None else lr, optimizer=optimizer or defaults.optimizer, schedule=schedule or defaults.schedule,
+        lr=defaults.lr if lr is None else lr, optimizer=optimizer or defaults.optimizer,
+        schedule=schedule or defaults.schedule,
         warmup_epochs=defaults.warmup_epochs, scheduled_sampling=defaults.scheduled_sampling,
         t_in=int(t_in), t_out=int(t_out), steps_per_epoch=steps_per_epoch,
         patch=_default_patch(preset, patch, source), model_overrides=overrides,

@@ -46,7 +46,8 @@ def test_persistence_repeats_the_issue_frame(radar):
     for k in range(6):
         np.testing.assert_array_equal(fc["rainrate"].values[k], radar["rainrate"].values[20])
     # Default issue time: the last observation.
-    assert pd.Timestamp(persistence(radar, 1)["forecast_reference_time"].values) == pd.Timestamp(radar["time"].values[-1])
+    issued = persistence(radar, 1)["forecast_reference_time"].values
+    assert pd.Timestamp(issued) == pd.Timestamp(radar["time"].values[-1])
 
 
 def test_lagrangian_beats_persistence_at_30_min(radar):

@@ -19,7 +19,8 @@ def _check_products(out, methods):
     for method in methods:
         fc = open_cf_netcdf(out / "forecasts" / f"{method}.nc")
         crs = crs_of(fc)
-        assert crs.equals(pyproj.CRS.from_wkt(xr.open_dataset(out / "forecasts" / f"{method}.nc")["crs"].attrs["crs_wkt"]))
+        wkt = xr.open_dataset(out / "forecasts" / f"{method}.nc")["crs"].attrs["crs_wkt"]
+        assert crs.equals(pyproj.CRS.from_wkt(wkt))
         assert fc.sizes["time"] == 12
         tiffs = sorted((out / "forecasts" / "geotiff" / method).glob("*.tif"))
         assert len(tiffs) == 12

@@ -258,7 +258,8 @@ def test_geotiff_and_netcdf_agree_on_crs_and_bounds(projection, tmp_path):
     with xr.open_dataset(nc) as ds:
         nc_crs = pyproj.CRS.from_wkt(ds["crs"].attrs["crs_wkt"])
     tifs = write_geotiffs(forecast, tmp_path / "tif")
-    assert [p.name for p in tifs] == ["rainrate_20240601T1210Z_lead005min.tif", "rainrate_20240601T1210Z_lead010min.tif"]
+    assert [p.name for p in tifs] == ["rainrate_20240601T1210Z_lead005min.tif",
+                                      "rainrate_20240601T1210Z_lead010min.tif"]
     with rasterio.open(tifs[1]) as tif:
         assert _same_crs(tif.crs, nc_crs)
         res = PROJECTIONS[projection][3]

@@ -13,7 +13,8 @@ from nowcast.cli import app, console
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", help="Folder for the archive, products, scores and maps."),
     size: int = typer.Option(256, help="Grid size in 1-km cells (size × size)."),
-    models: str = typer.Option("stlight-tiny,mslstm-tiny,tau-tiny", help="Comma-separated model presets ('' for none)."),
+    models: str = typer.Option("stlight-tiny,mslstm-tiny,tau-tiny",
+                               help="Comma-separated model presets ('' for none)."),
     epochs: int = typer.Option(5, help="Training epochs per model."),
     steps_per_epoch: int = typer.Option(None, help="Optimiser steps per epoch (default: per model family)."),
     seed: int = typer.Option(7, help="Seed of the synthetic weather and of training."),
