@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -33,7 +34,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from nowcast.models import PRESETS, build, forward_flops, paper_loss, parameter_count
+import torch.nn.functional as F
+from nowcast.models import PRESETS, build, forward_flops, macs, paper_loss, parameter_count
 
 VARIANTS = {"eager": "eager fp32", "amp": "bf16 autocast + channels_last",
             "compile": "bf16 + channels_last + torch.compile"}
@@ -160,13 +162,46 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{v:,.{digits}f}"
 
 
+def layer_macs(name: str) -> float:
+    """Forward MACs of one sample from the weight and output shapes of every convolution and linear
+    map (``torch.nn.functional`` calls, so modules and functional convs alike), as thop and fvcore
+    count them (depthwise included, element-wise operations not): a count independent of
+    ``FlopCounterMode``'s operator tracing (meta device)."""
+    t_in, c, h, w = _geometry(name)
+    total = 0
+    originals = {fn: getattr(F, fn) for fn in ("conv2d", "conv_transpose2d", "linear")}
+
+    def counted(fn: str):
+        def call(x, weight, *args, **kwargs):
+            nonlocal total
+            out = originals[fn](x, weight, *args, **kwargs)
+            if fn == "linear":
+                total += out.numel() * weight.shape[1]
+            else:  # each output (input, transposed) cell of a channel multiplies one slice of weights
+                total += (x if fn == "conv_transpose2d" else out).numel() * weight[0].numel()
+            return out
+        return call
+
+    try:
+        for fn in originals:
+            setattr(F, fn, counted(fn))
+        with torch.device("meta"):
+            build(name).eval()(torch.empty(1, t_in, c, h, w))
+    finally:
+        for fn, original in originals.items():
+            setattr(F, fn, original)
+    return float(total)
+
+
 def static_row(name: str) -> dict:
-    """Parameters, FLOPs and saved activations of one preset (meta device, no compute)."""
+    """Parameters, FLOPs, MACs and saved activations of one preset (meta device, no compute)."""
     flops, dw = forward_flops(name)
     with torch.device("meta"):
         params = parameter_count(build(name))
+    published = PRESETS[name].published_macs
     return {"preset": name, "params": params, "published": PRESETS[name].published_parameters,
-            "gflops": flops / 1e9, "gflops_no_dw": (flops - dw) / 1e9,
+            "gflops": flops / 1e9, "gflops_no_dw": (flops - dw) / 1e9, "gmacs_paper": macs(name) / 1e9,
+            "gmacs_layers": layer_macs(name) / 1e9, "gmacs_published": published / 1e9 if published else None,
             "act_gib": saved_activation_bytes(name) / 2**30}
 
 
@@ -199,15 +234,20 @@ def to_markdown(static: list[dict], timing: list[dict], command: str, device: st
         f"Command: `{command}`", "",
         "GFLOPs per sample and forward pass (FlopCounterMode; multiply and add counted apart, "
         "so papers' fvcore/thop \"FLOPs\" are half of these); \"no dw\" leaves depthwise "
-        "convolutions out like the STLight paper's counter. Activations: bytes saved for "
+        "convolutions out like the STLight paper's counter. GMACs: as the paper counts them (half the "
+        "GFLOPs, without depthwise convolutions for STLight); \"layers\": an independent count from each "
+        "convolution's and linear layer's output shape, as thop/fvcore count (depthwise included, "
+        "element-wise operations not); \"published\": the paper's figure. Activations: bytes saved for "
         "backward per fp32 training sample.", "",
-        "| preset | params | published | GFLOPs | GFLOPs no dw | activations GiB/sample |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| preset | params | published | GFLOPs | GFLOPs no dw | GMACs | GMACs layers | GMACs published "
+        "| activations GiB/sample |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in static:
         pub = f"{r['published']:,}" if r["published"] else "–"
         lines.append(f"| {r['preset']} | {r['params']:,} | {pub} | {r['gflops']:.2f} | "
-                     f"{r['gflops_no_dw']:.2f} | {r['act_gib']:.2f} |")
+                     f"{r['gflops_no_dw']:.2f} | {r['gmacs_paper']:.2f} | {r['gmacs_layers']:.2f} | "
+                     f"{_fmt(r['gmacs_published'], 2)} | {r['act_gib']:.2f} |")
     lines += [
         "", f"Throughput at batch {batch} (at least {steps} timed steps and 2 s after warm-up, or 10 s "
         "once 3 steps are done), samples per "
