@@ -160,6 +160,17 @@ def test_values_match_pysteps_in_mm_per_hour(read, shared_data, name, pysteps_ca
         assert pd.Timedelta(read(name).attrs["accumulation_period"]) * factor == pd.Timedelta("1h")
 
 
+def test_frames_of_one_grid_share_its_coordinates(shared_data):
+    from nowcast.sources.common import _grid
+
+    folder = (shared_data / FILES["knmi"]).parent
+    first, second = (get_reader("knmi")(folder / name) for name in ("RAD_NL25_RAP_5min_201008260000.h5",
+                                                                     "RAD_NL25_RAP_5min_201008260005.h5"))
+    assert first.lat.values is second.lat.values and first.time.values[0] != second.time.values[0]
+    second.x.attrs["changed"] = True
+    assert "changed" not in first.x.attrs and _grid.cache_info().hits >= 1
+
+
 def test_mrms_matches_pysteps_block_average_and_documented_corners(read, shared_data):
     from pysteps.io.importers import import_mrms_grib
 
