@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyproj
 import pytest
+import xarray as xr
 
 from nowcast.schema import crs_of, validate
 from nowcast.sources import SOURCES, SourceError, detect, get_reader, get_source
@@ -158,6 +159,35 @@ def test_values_match_pysteps_in_mm_per_hour(read, shared_data, name, pysteps_ca
     np.testing.assert_allclose(ours, expected * factor, rtol=1e-5, atol=1e-4)
     if factor != 1.0:  # an accumulation: the rate is per hour, the period is stated
         assert pd.Timedelta(read(name).attrs["accumulation_period"]) * factor == pd.Timedelta("1h")
+
+
+# Readers that decode natively what pysteps' importer decodes: importer and options, our variable and units,
+# pysteps' units, pysteps' values -> ours (float32, converted exactly as the reader converts), a second file.
+NATIVE = {
+    "fmi": ("import_fmi_pgm", {"gzipped": True}, "reflectivity", "dBZ", "dBZ", lambda v: v.astype("f4"),
+            "201609281800_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE))
+def test_native_decoders_give_exactly_pysteps_values(shared_data, name):
+    from pysteps.io import importers
+
+    function, kwargs, variable, units, their_units, convert, extra = NATIVE[name]
+    paths = [shared_data / FILES[name]] + ([(shared_data / FILES[name]).with_name(extra)] if extra else [])
+    for path in paths:
+        expected, _, meta = getattr(importers, function)(str(path), **kwargs)
+        ours = get_reader(name)(path)[variable]
+        assert ours.attrs["units"] == units and meta["unit"] == their_units
+        np.testing.assert_array_equal(ours.values[0], convert(expected), err_msg=str(path))
+
+
+def test_fmi_plain_pgm_reads_like_the_gzipped_one(read, shared_data, tmp_path):
+    import gzip
+
+    plain = tmp_path / Path(FILES["fmi"]).name.removesuffix(".gz")
+    plain.write_bytes(gzip.decompress((shared_data / FILES["fmi"]).read_bytes()))
+    xr.testing.assert_identical(get_reader("fmi")(plain), read("fmi"))
 
 
 def test_frames_of_one_grid_share_its_coordinates(shared_data):
