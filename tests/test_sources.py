@@ -166,6 +166,8 @@ def test_values_match_pysteps_in_mm_per_hour(read, shared_data, name, pysteps_ca
 NATIVE = {
     "fmi": ("import_fmi_pgm", {"gzipped": True}, "reflectivity", "dBZ", "dBZ", lambda v: v.astype("f4"),
             "201609281800_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz"),
+    "mch": ("import_mch_gif", {"product": "AQC", "unit": "mm", "accutime": 5}, "rainrate", "mm h-1", "mm",
+            lambda v: v.astype("f4") * np.float32(12), "AQC161940000V_00005.801.gif"),
 }
 
 
@@ -180,6 +182,25 @@ def test_native_decoders_give_exactly_pysteps_values(shared_data, name):
         ours = get_reader(name)(path)[variable]
         assert ours.attrs["units"] == units and meta["unit"] == their_units
         np.testing.assert_array_equal(ours.values[0], convert(expected), err_msg=str(path))
+
+
+@pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated")  # in pysteps' colour-table loop
+def test_mch_colour_table_products_match_pysteps(tmp_path):
+    """RZC/AZC (none in the shared data): a GIF painted with pysteps' colour tables, one unknown colour."""
+    from PIL import Image
+    from pysteps.io import importers
+
+    rows = np.genfromtxt(Path(importers.__file__).parent / "mch_lut_8bit_Metranet_v103.txt", skip_header=1)
+    palette = np.concatenate([rows[:250, 1:4].astype(int), [[1, 2, 3]] * 6]).ravel().tolist()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (640, 710)).astype("u1"), "P")
+    image.putpalette(palette)
+    for product, factor in (("RZC", 1), ("AZC", 12)):
+        path = tmp_path / f"{product}161932100V_00005.801.gif"
+        image.save(path)
+        expected, _, _ = importers.import_mch_gif(str(path), product=product, unit="mm/h", accutime=5)
+        ours = get_reader("mch")(path)["rainrate"].values[0]
+        assert np.isnan(ours).any() and np.isfinite(ours).mean() > 0.5
+        np.testing.assert_array_equal(ours, expected.astype("f4") * np.float32(factor))
 
 
 def test_fmi_plain_pgm_reads_like_the_gzipped_one(read, shared_data, tmp_path):
