@@ -168,6 +168,8 @@ NATIVE = {
             "201609281800_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz"),
     "mch": ("import_mch_gif", {"product": "AQC", "unit": "mm", "accutime": 5}, "rainrate", "mm h-1", "mm",
             lambda v: v.astype("f4") * np.float32(12), "AQC161940000V_00005.801.gif"),
+    "bom": ("import_bom_rf3", {}, "rainrate", "mm h-1", "mm", lambda v: v.astype("f4") * np.float32(10),
+            "2_20180616_160000.prcp-cscn.nc"),
 }
 
 
