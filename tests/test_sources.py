@@ -170,6 +170,8 @@ NATIVE = {
             lambda v: v.astype("f4") * np.float32(12), "AQC161940000V_00005.801.gif"),
     "bom": ("import_bom_rf3", {}, "rainrate", "mm h-1", "mm", lambda v: v.astype("f4") * np.float32(10),
             "2_20180616_160000.prcp-cscn.nc"),
+    "odim": ("import_odim_hdf5", {"qty": "RATE"}, "rainrate", "mm h-1", "mm/h", lambda v: v.astype("f4"),
+             "T_PAAH21_C_EUOC_20180824234500.hdf"),
 }
 
 
