@@ -172,6 +172,7 @@ NATIVE = {
             "2_20180616_160000.prcp-cscn.nc"),
     "odim": ("import_odim_hdf5", {"qty": "RATE"}, "rainrate", "mm h-1", "mm/h", lambda v: v.astype("f4"),
              "T_PAAH21_C_EUOC_20180824234500.hdf"),
+    "mrms": ("import_mrms_grib", {"window_size": 1}, "rainrate", "mm h-1", "mm/h", lambda v: v.astype("f4"), None),
 }
 
 
@@ -213,6 +214,16 @@ def test_fmi_plain_pgm_reads_like_the_gzipped_one(read, shared_data, tmp_path):
     plain = tmp_path / Path(FILES["fmi"]).name.removesuffix(".gz")
     plain.write_bytes(gzip.decompress((shared_data / FILES["fmi"]).read_bytes()))
     xr.testing.assert_identical(get_reader("fmi")(plain), read("fmi"))
+
+
+def test_mrms_png_decoder_equals_ecCodes(shared_data):
+    from nowcast.sources.mrms import _eccodes_values, _first_message, _grib_bytes, _png_values
+
+    raw = _grib_bytes(shared_data / FILES["mrms"])
+    msg = _first_message(raw)
+    ours, eccodes = _png_values(raw, msg), _eccodes_values(msg)
+    np.testing.assert_array_equal(ours, eccodes)
+    assert np.array_equal(np.signbit(ours), np.signbit(eccodes))
 
 
 def test_frames_of_one_grid_share_its_coordinates(shared_data):
