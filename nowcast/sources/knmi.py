@@ -119,10 +119,12 @@ def open_knmi(path, *, zr=None, coarsen: int = 1) -> xr.Dataset:
                  for attrs in radars if "radar_location" in attrs}
     if counts.shape != (ny, nx):
         raise SourceError(path, f"image shape {counts.shape} differs from the header's {(ny, nx)}")
-    values = np.multiply(counts, np.float32(gain), dtype="f4")
-    values += np.float32(offset)
-    for code in set(missing):
-        values[counts == code] = np.nan
+    values = counts.astype("f4")
+    values *= np.float32(gain)
+    if offset or gain < 0:  # adding +0.0 changes no product of a count and a gain >= 0
+        values += np.float32(offset)
+    for code in set(missing):  # three quarters of the grid lie outside the radars' range
+        np.copyto(values, np.float32(np.nan), where=counts == code)
     x, y = centres(x0, dx, nx), centres(y0, dy, ny)
     if dy > 0:  # rows run south to north: flip to north-up
         values, y = values[::-1], y[::-1]
