@@ -191,6 +191,12 @@ def write(out: Path, block: str) -> None:
     out.write_text(text)
 
 
+def ms(seconds: float) -> str:
+    """Milliseconds to three significant digits, without an exponent."""
+    value = seconds * 1e3
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def speed_table(sources: list[str], picked: dict[str, list[str]], rounds: int, env: dict) -> list[str]:
     """The speed comparison of every source, one fresh process each, as Markdown table rows."""
     rows = ["| source | files | nowcast ms/frame | pysteps ms/frame | speed ratio | wall-clock ratio | range "
@@ -200,10 +206,10 @@ def speed_table(sources: list[str], picked: dict[str, list[str]], rounds: int, e
         pysteps, note = CASES[source][2:]
         times = measure(env, source=source, files=picked[source], kind="speed", rounds=rounds)
         wall, cpu = ({side: statistics.median(t[k] for t in runs) for side, runs in times.items()} for k in (0, 1))
-        ours = f"{cpu['nowcast'] * 1e3:.3g} ({wall['nowcast'] * 1e3:.3g})"
+        ours = f"{ms(cpu['nowcast'])} ({ms(wall['nowcast'])})"
         if pysteps:
             ratios = [p[1] / n[1] for p, n in zip(times["pysteps"], times["nowcast"])]
-            cells = (f"{cpu['pysteps'] * 1e3:.3g} ({wall['pysteps'] * 1e3:.3g}) | "
+            cells = (f"{ms(cpu['pysteps'])} ({ms(wall['pysteps'])}) | "
                      f"**{cpu['pysteps'] / cpu['nowcast']:.2f}x** | {wall['pysteps'] / wall['nowcast']:.2f}x | "
                      f"{min(ratios):.2f}-{max(ratios):.2f}x")
         else:
