@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyproj
 import pytest
+import xarray as xr
 
 from nowcast.schema import crs_of, validate
 from nowcast.sources import SOURCES, SourceError, detect, get_reader, get_source
@@ -158,6 +159,83 @@ def test_values_match_pysteps_in_mm_per_hour(read, shared_data, name, pysteps_ca
     np.testing.assert_allclose(ours, expected * factor, rtol=1e-5, atol=1e-4)
     if factor != 1.0:  # an accumulation: the rate is per hour, the period is stated
         assert pd.Timedelta(read(name).attrs["accumulation_period"]) * factor == pd.Timedelta("1h")
+
+
+# Readers that decode natively what pysteps' importer decodes: importer and options, our variable and units,
+# pysteps' units, pysteps' values -> ours (float32, converted exactly as the reader converts), a second file.
+NATIVE = {
+    "fmi": ("import_fmi_pgm", {"gzipped": True}, "reflectivity", "dBZ", "dBZ", lambda v: v.astype("f4"),
+            "201609281800_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz"),
+    "mch": ("import_mch_gif", {"product": "AQC", "unit": "mm", "accutime": 5}, "rainrate", "mm h-1", "mm",
+            lambda v: v.astype("f4") * np.float32(12), "AQC161940000V_00005.801.gif"),
+    "bom": ("import_bom_rf3", {}, "rainrate", "mm h-1", "mm", lambda v: v.astype("f4") * np.float32(10),
+            "2_20180616_160000.prcp-cscn.nc"),
+    "odim": ("import_odim_hdf5", {"qty": "RATE"}, "rainrate", "mm h-1", "mm/h", lambda v: v.astype("f4"),
+             "T_PAAH21_C_EUOC_20180824234500.hdf"),
+    "mrms": ("import_mrms_grib", {"window_size": 1}, "rainrate", "mm h-1", "mm/h", lambda v: v.astype("f4"), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE))
+def test_native_decoders_give_exactly_pysteps_values(shared_data, name):
+    from pysteps.io import importers
+
+    function, kwargs, variable, units, their_units, convert, extra = NATIVE[name]
+    paths = [shared_data / FILES[name]] + ([(shared_data / FILES[name]).with_name(extra)] if extra else [])
+    for path in paths:
+        expected, _, meta = getattr(importers, function)(str(path), **kwargs)
+        ours = get_reader(name)(path)[variable]
+        assert ours.attrs["units"] == units and meta["unit"] == their_units
+        np.testing.assert_array_equal(ours.values[0], convert(expected), err_msg=str(path))
+
+
+@pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated")  # in pysteps' colour-table loop
+def test_mch_colour_table_products_match_pysteps(tmp_path):
+    """RZC/AZC (none in the shared data): a GIF painted with pysteps' colour tables, one unknown colour."""
+    from PIL import Image
+    from pysteps.io import importers
+
+    rows = np.genfromtxt(Path(importers.__file__).parent / "mch_lut_8bit_Metranet_v103.txt", skip_header=1)
+    palette = np.concatenate([rows[:250, 1:4].astype(int), [[1, 2, 3]] * 6]).ravel().tolist()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (640, 710)).astype("u1"), "P")
+    image.putpalette(palette)
+    for product, factor in (("RZC", 1), ("AZC", 12)):
+        path = tmp_path / f"{product}161932100V_00005.801.gif"
+        image.save(path)
+        expected, _, _ = importers.import_mch_gif(str(path), product=product, unit="mm/h", accutime=5)
+        ours = get_reader("mch")(path)["rainrate"].values[0]
+        assert np.isnan(ours).any() and np.isfinite(ours).mean() > 0.5
+        np.testing.assert_array_equal(ours, expected.astype("f4") * np.float32(factor))
+
+
+def test_fmi_plain_pgm_reads_like_the_gzipped_one(read, shared_data, tmp_path):
+    import gzip
+
+    plain = tmp_path / Path(FILES["fmi"]).name.removesuffix(".gz")
+    plain.write_bytes(gzip.decompress((shared_data / FILES["fmi"]).read_bytes()))
+    xr.testing.assert_identical(get_reader("fmi")(plain), read("fmi"))
+
+
+def test_mrms_png_decoder_equals_ecCodes(shared_data):
+    from nowcast.sources.mrms import _eccodes_values, _first_message, _grib_bytes, _png_values
+
+    raw = _grib_bytes(shared_data / FILES["mrms"])
+    msg = _first_message(raw)
+    ours, eccodes = _png_values(raw, msg), _eccodes_values(msg)
+    np.testing.assert_array_equal(ours, eccodes)
+    assert np.array_equal(np.signbit(ours), np.signbit(eccodes))
+
+
+def test_frames_of_one_grid_share_its_coordinates(shared_data):
+    from nowcast.sources.common import _grid
+
+    folder = (shared_data / FILES["knmi"]).parent
+    first, second = (get_reader("knmi")(folder / name) for name in ("RAD_NL25_RAP_5min_201008260000.h5",
+                                                                     "RAD_NL25_RAP_5min_201008260005.h5"))
+    assert first.lat.values is second.lat.values and first.time.values[0] != second.time.values[0]
+    second.x.attrs["changed"] = second.attrs["changed"] = second.rainrate.attrs["changed"] = True
+    assert not any("changed" in attrs for attrs in (first.x.attrs, first.attrs, first.rainrate.attrs))
+    assert _grid.cache_info().hits >= 1
 
 
 def test_mrms_matches_pysteps_block_average_and_documented_corners(read, shared_data):
