@@ -12,6 +12,11 @@ frames, so every forecast can be compared; :func:`issue_nowcasts` issues them
 at many times and writes the products (``nowcast forecast`` and
 ``flows/forecast.py``). A model trained in the Lagrangian frame (its
 checkpoint's ``frame``) forecasts in it (:func:`nowcast.lagrangian.predict`).
+
+:func:`issue_nowcasts` opens the archive once, plans every issue time from
+the checkpoints' metadata (:class:`PlannedModel`: input and output frames,
+no weights), loads a network only when one of its forecasts is computed,
+and reads each issue time's input frames once for every method.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import xarray as xr
 from torch import nn
 
 from nowcast import baselines, lagrangian, models
-from nowcast.checkpoint import CheckpointError, file_hash, load_run
+from nowcast.checkpoint import CheckpointError, file_hash, load_run, read_metadata
 from nowcast.products.atomic import check_writable, remove_stale, scratch_tag
 from nowcast.schema import data_variables, make_forecast, time_step, validate
 from nowcast.transforms import Transform, from_dict
@@ -142,6 +147,35 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = 
     meta = {"preset": spec["name"], "checkpoint": str(path), "checkpoint_hash": file_hash(path),
             "epoch": state["epoch"], "data": dict(state["data"]), "config": dict(state["config"])}
     return model, from_dict(state["transform"]), meta
+
+
+class PlannedModel:
+    """A run folder or checkpoint known by its metadata (:func:`nowcast.checkpoint.read_metadata`);
+    :meth:`load` reads the weights on first use."""
+
+    def __init__(self, run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        self.source, self.device = Path(run_dir_or_ckpt), device
+        self.checkpoint, self.meta = read_metadata(run_dir_or_ckpt)
+        self._bundle: tuple[nn.Module, Transform, dict[str, Any]] | None = None
+
+    @property
+    def name(self) -> str:
+        """The preset (or family) name the checkpoint records."""
+        return str(self.meta["model"].get("name"))
+
+    @property
+    def t_in(self) -> int:
+        return int(self.meta["model"].get("config", {}).get("t_in") or self.load()[0].t_in)
+
+    @property
+    def t_out(self) -> int:
+        return int(self.meta["model"].get("config", {}).get("t_out") or self.load()[0].t_out)
+
+    def load(self) -> tuple[nn.Module, Transform, dict[str, Any]]:
+        """:func:`load_model`'s bundle, loaded once."""
+        if self._bundle is None:
+            self._bundle = load_model(self.source, self.device)
+        return self._bundle
 
 
 def _check_compatible(obs: xr.Dataset, meta: dict[str, Any]) -> str:
@@ -288,7 +322,13 @@ BASELINE_FRAMES = {"persistence": 1, "lagrangian": 3, "historical_average": 1}
 #: Lead times issued when no model sets them: an hour of 5-min frames.
 DEFAULT_LEADS = 12
 
-Model = str | os.PathLike | tuple[nn.Module, Transform, dict[str, Any]]
+Model = str | os.PathLike | tuple[nn.Module, Transform, dict[str, Any]] | PlannedModel
+
+
+def input_window(obs: xr.Dataset, reference: Any, n_frames: int) -> xr.Dataset:
+    """The frames of ``obs`` among the ``n_frames`` ending at ``reference``, loaded (read once for every method)."""
+    wanted = input_times(reference, n_frames, time_step(obs))
+    return obs.sel(time=wanted[wanted.isin(pd.DatetimeIndex(obs["time"].values))]).load()
 
 
 def forecast_with_baselines(
@@ -309,12 +349,16 @@ def forecast_with_baselines(
     reaches back far enough).
 
     Args:
-        models: run folders, checkpoint files or :func:`load_model` bundles.
+        models: run folders, checkpoint files, :class:`PlannedModel` or :func:`load_model` bundles; a
+            network is loaded only when its input frames are complete.
         skipped: when given, a method whose input frames are incomplete is
             left out and recorded here (name → reason) while the others are
             still issued; otherwise :class:`MissingInputError` propagates.
     """
     reference = issue_time(obs["time"].values, at, time_step(obs))
+    models = [m if isinstance(m, (tuple, PlannedModel)) else PlannedModel(m, device) for m in models]
+    t_ins = [m.t_in if isinstance(m, PlannedModel) else m[0].t_in for m in models]
+    window = input_window(obs, reference, max(t_ins + [BASELINE_FRAMES["lagrangian"]]))
     out: dict[str, xr.Dataset] = {}
 
     def missing(name: str, err: MissingInputError, t_in: int) -> None:
@@ -324,15 +368,19 @@ def forecast_with_baselines(
         skipped[name] = f"{err}" + (f" (the newest complete window ends at {newest:%Y-%m-%d %H:%M})"
                                     if newest is not None else " (the archive holds no complete window)")
 
-    for model in models:
-        bundle = model if isinstance(model, tuple) else load_model(model, device)
-        name = bundle[2].get("preset") or bundle[0].preset
+    for model, t_in in zip(models, t_ins):
+        if isinstance(model, PlannedModel):
+            name, checkpoint = model.name, model.checkpoint
+        else:
+            name, checkpoint = model[2].get("preset") or model[0].preset, model[2].get("checkpoint")
         if name in out or name in (skipped or {}):
-            name = Path(bundle[2]["checkpoint"]).parent.name
+            name = Path(checkpoint).parent.name
         try:
-            out[name] = forecast(obs, bundle, at=reference, n_leads=n_leads, device=device)
+            select_inputs(window, t_in, reference)
+            bundle = model.load() if isinstance(model, PlannedModel) else model
+            out[name] = forecast(window, bundle, at=reference, n_leads=n_leads, device=device)
         except MissingInputError as err:
-            missing(name, err, bundle[0].t_in)
+            missing(name, err, t_in)
     if not include_baselines:
         return out
     rain = data_variables(obs)[0] in baselines.RAIN_VARIABLES
@@ -341,8 +389,8 @@ def forecast_with_baselines(
                    else {"historical_average": baselines.historical_average})
     for name, method in methods.items():
         try:
-            select_inputs(obs, BASELINE_FRAMES[name], reference)
-            out[name] = method(obs, n_leads, at=reference)
+            select_inputs(window, BASELINE_FRAMES[name], reference)
+            out[name] = method(obs if name == "historical_average" else window, n_leads, at=reference)
         except MissingInputError as err:
             missing(name, err, BASELINE_FRAMES[name])
         except ValueError as err:  # the historical average without enough history
@@ -465,7 +513,9 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
                    overwrite: bool = False, extra: dict[str, Any] | None = None) -> list[Issue]:
     """Issue nowcasts at every requested time (:func:`issue_times`) into ``out_dir/<issue time>/``.
 
-    The archive is opened and every model loaded once. Per issue time, a
+    The archive is opened once (its lat/lon read once); the models are
+    planned from their checkpoints' metadata and each network is loaded once,
+    when its first forecast is computed. Per issue time, a
     method whose input window is incomplete is skipped and named (the others,
     e.g. the baselines with their shorter windows, are still issued); the
     time is skipped when no method can be issued or its folder already exists
@@ -478,8 +528,9 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
 
     check_writable(out_dir)  # before loading and computing anything
     obs = open_archive(store)
-    bundles = [load_model(model, device) for model in models]
-    n_leads = int(n_leads or max((b[0].t_out for b in bundles), default=DEFAULT_LEADS))
+    obs = obs.assign_coords({name: obs[name].compute() for name in ("lat", "lon")})
+    planned = [PlannedModel(model, device) for model in models]
+    n_leads = int(n_leads or max((m.t_out for m in planned), default=DEFAULT_LEADS))
     issues = []
     for reference in issue_times(obs["time"].values, time_step(obs), at=at, start=start, end=end, every=every):
         folder = Path(out_dir) / issue_folder_name(reference)
@@ -489,7 +540,7 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
                                                            f"already exist in {folder}"))
             continue
         skipped: dict[str, str] = {}
-        forecasts = forecast_with_baselines(obs, bundles, at=reference, n_leads=n_leads, device=device,
+        forecasts = forecast_with_baselines(obs, planned, at=reference, n_leads=n_leads, device=device,
                                             include_baselines=include_baselines, skipped=skipped)
         if missing_before and not set(missing_before) & set(forecasts):
             issues.append(Issue(reference, folder, [], skipped, f"products issued at {reference:%Y-%m-%d %H:%M} "

@@ -4,6 +4,8 @@ traffic, all-or-nothing products and the command line (tiny presets, CPU)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from nowcast import archive, models
 from nowcast import forecast as fc
 from nowcast.checkpoint import file_hash
 from nowcast.cli import app
+from nowcast.products import open_cf_netcdf
 from nowcast.schema import crs_of, validate
 from nowcast.synthetic import synthetic_radar, synthetic_traffic
 from nowcast.training import train
@@ -261,3 +264,40 @@ def test_issue_nowcasts_loads_each_model_once(store, run, tmp_path, monkeypatch)
     assert issues[1].methods == ["stlight-tiny", "persistence", "lagrangian"] and not issues[1].skipped
     again = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE], n_leads=2)
     assert not again[0].issued and "already exist" in again[0].reason
+
+
+def test_issue_nowcasts_plans_from_metadata_and_loads_weights_only_to_compute(store, run, tmp_path, monkeypatch):
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    early = fc.issue_nowcasts(store, [run], tmp_path, at=["2024-06-01T12:20"])  # the model's window is incomplete
+    assert loads == [] and list(early[0].skipped) == ["stlight-tiny"]
+    assert early[0].methods == ["persistence", "lagrangian"]
+    assert json.loads((early[0].folder / "manifest.json").read_text())["methods"]["persistence"]
+    issued = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE])
+    assert len(loads) == 1 and issued[0].methods == ["stlight-tiny", "persistence", "lagrangian"]
+    assert open_cf_netcdf(issued[0].folder / "stlight-tiny.nc").sizes["time"] == 4  # t_out, from the metadata
+    again = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE])
+    assert len(loads) == 1 and "already exist" in again[0].reason
+
+
+def test_issue_nowcasts_opens_the_archive_once(store, run, tmp_path, monkeypatch):
+    import xarray as xr
+    import zarr
+
+    opened = []
+    real_group, real_zarr = zarr.open_group, xr.open_zarr
+    monkeypatch.setattr(zarr, "open_group", lambda *a, **kw: opened.append("group") or real_group(*a, **kw))
+    monkeypatch.setattr(xr, "open_zarr", lambda *a, **kw: opened.append("xarray") or real_zarr(*a, **kw))
+    issues = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE - pd.Timedelta("5min"), ISSUE], n_leads=2)
+    assert [len(i.methods) for i in issues] == [3, 3]
+    assert opened == ["xarray", "group"]  # xarray opens the Zarr group once, and only that
+
+
+def test_a_model_forecast_does_not_import_pysteps(store, run, tmp_path):
+    code = ("import sys; from nowcast import forecast as fc; "
+            f"fc.issue_nowcasts({str(store)!r}, [{str(run)!r}], {str(tmp_path)!r}, n_leads=1, include_baselines=False, "
+            "formats=['netcdf']); assert 'pysteps' not in sys.modules, 'pysteps imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in tmp_path.glob("*/*.nc")] == ["stlight-tiny.nc"]
