@@ -12,9 +12,10 @@ Data-model datasets in (:mod:`nowcast.schema`), forecast datasets out
   previous weeks (traffic, as in the ST-ResNet/TaxiBJ papers);
 * :func:`estimate_motion`: the optical-flow field, for plots and diagnostics.
 
-:func:`motion_field` and :func:`advect` are the motion estimation and the
-semi-Lagrangian scheme of the Lagrangian extrapolation, shared with the
-Lagrangian frame of the deep models (:mod:`nowcast.lagrangian`).
+:func:`motion_field` and :func:`advect` (:func:`extrapolate` for one field)
+are the motion estimation and the semi-Lagrangian scheme of the Lagrangian
+extrapolation, shared with the Lagrangian frame of the deep models
+(:mod:`nowcast.lagrangian`).
 
 Large grids: the optical flow's interpolation runs in chunks of about
 :data:`INTERP_CHUNK_CELLS` cells and the advection one lead at a time in bands
@@ -105,14 +106,23 @@ def _input_frames(obs: xr.Dataset, at, n_input: int) -> tuple[str, int, np.ndarr
     if not np.all(steps == time_step(obs).to_timedelta64()):
         raise ValueError(f"the {n_input} input frames ending at {pd.Timestamp(obs['time'].values[i]).isoformat()} "
                          f"are not consecutive at {obs.attrs['time_step']}: times {window['time'].values}")
-    return variable, i, np.asarray(window.values, dtype="f8")
+    return variable, i, np.asarray(window.values)
 
 
 def _to_dbr(frames: np.ndarray, threshold: float) -> np.ndarray:
-    """dBR as pysteps recommends for motion estimation; dry -> -15 dBR, NaN kept."""
+    """dBR (float64) as pysteps recommends for motion estimation; dry -> -15 dBR, NaN kept.
+
+    One field at a time, so the temporaries of pysteps' ``dB_transform`` stay one field.
+    """
     from pysteps.utils.transformation import dB_transform
 
-    return dB_transform(frames, threshold=threshold, zerovalue=DBR_ZERO)[0]
+    frames = np.asarray(frames)
+    if frames.ndim < 3:
+        return dB_transform(np.asarray(frames, dtype="f8"), threshold=threshold, zerovalue=DBR_ZERO)[0]
+    dbr = np.empty(frames.shape)
+    for index in np.ndindex(frames.shape[:-2]):
+        dbr[index] = _to_dbr(frames[index], threshold)
+    return dbr
 
 
 def _motion_pixels(dbr: np.ndarray, method: str) -> np.ndarray:
@@ -148,7 +158,7 @@ def motion_field(frames: np.ndarray, *, method: str = "LK", threshold_mmh: float
     Estimated in dBR (:func:`_to_dbr`); components: columns right, rows down,
     pixels per time step (pysteps' convention).
     """
-    return _motion_pixels(_to_dbr(np.asarray(frames, dtype="f8"), threshold_mmh), method)
+    return _motion_pixels(_to_dbr(frames, threshold_mmh), method)
 
 
 def advect(rates: np.ndarray, velocity: np.ndarray, *, threshold_mmh: float = 0.1,
@@ -162,8 +172,18 @@ def advect(rates: np.ndarray, velocity: np.ndarray, *, threshold_mmh: float = 0.
     """
     velocity = -velocity if backward else velocity
     out = np.empty(np.shape(rates), dtype="f4")
-    steps = semi_lagrangian(lambda k: _to_dbr(np.asarray(rates[k], dtype="f8"), threshold_mmh), velocity, len(out))
+    steps = semi_lagrangian(lambda k: _to_dbr(rates[k], threshold_mmh), velocity, len(out))
     for k, field in enumerate(steps):
+        out[k] = _from_dbr(field, threshold_mmh)
+    return out
+
+
+def extrapolate(rates: np.ndarray, velocity: np.ndarray, n_leads: int, *, threshold_mmh: float = 0.1) -> np.ndarray:
+    """``rates [rows, cols]`` (mm h-1) advected 1 .. ``n_leads`` steps along ``velocity``: float32
+    ``[n_leads, rows, cols]``, as :func:`advect` gives for ``n_leads`` copies of it (the dBR field made once)."""
+    issue = _to_dbr(rates, threshold_mmh)
+    out = np.empty((n_leads,) + issue.shape, dtype="f4")
+    for k, field in enumerate(semi_lagrangian(lambda k: issue, velocity, n_leads)):
         out[k] = _from_dbr(field, threshold_mmh)
     return out
 
@@ -263,11 +283,7 @@ def lagrangian_extrapolation(obs: xr.Dataset, n_leads: int, *, at=None, n_input:
     _check_leads(n_leads)
     variable, i, frames = _input_frames(obs, at, n_input)
     velocity = motion_field(frames, method=motion, threshold_mmh=threshold_mmh)
-    issue = _to_dbr(frames[-1], threshold_mmh)
-    del frames  # three float64 frames: freed before the leads are allocated
-    rates = np.empty((int(n_leads),) + issue.shape, dtype="f4")
-    for k, field in enumerate(semi_lagrangian(lambda k: issue, velocity, int(n_leads))):
-        rates[k] = _from_dbr(field, threshold_mmh)
+    rates = extrapolate(frames[-1], velocity, int(n_leads), threshold_mmh=threshold_mmh)
     speed = np.hypot(*velocity).mean()
     log.debug("lagrangian extrapolation at %s: mean speed %.2f px/step", obs["time"].values[i], speed)
     return make_forecast(rates, like=obs, reference_time=obs["time"].values[i], variable=variable,
