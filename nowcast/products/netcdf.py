@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -84,12 +85,16 @@ def write_cf_netcdf(
         nowcast.schema.SchemaError: if ``forecast`` does not follow the data model.
     """
     validate(forecast)
+    # One lead (and member) at a time, laid out, encoded and written in this thread: the float32 and
+    # fill-value copies stay one field, and lazily read NetCDF inputs take the re-entrant lock held below.
+    forecast = forecast.assign({name: forecast[name].chunk({d: 1 for d in ("time", "realization")
+                                                            if d in forecast[name].dims})
+                                for name in data_variables(forecast)})
     ds = _cf_dataset(forecast, title=title, institution=institution, references=references,
                      checkpoint_hash=checkpoint_hash, comment=comment)
     encoding = _encoding(ds, complevel)
     path = Path(path)
-    ds = ds.load()  # dask tasks that read NetCDF would wait for the lock held below
-    with atomic_path(path) as tmp, NETCDF_LOCK:
+    with atomic_path(path) as tmp, NETCDF_LOCK, dask.config.set(scheduler="synchronous"):
         ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=encoding)
     log.info("wrote %s (%s, %d time steps)", path, ", ".join(data_variables(ds)), ds.sizes["time"])
     return path
