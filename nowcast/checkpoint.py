@@ -35,12 +35,14 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from nowcast.products.atomic import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); return ``path``."""
+    import torch
+
     path = Path(path)
     state = {"format": FORMAT, **state}
     state["content_sha256"] = content_hash(state)
@@ -113,6 +117,8 @@ def find_checkpoint(run_dir_or_file: str | os.PathLike, prefer: tuple[str, ...] 
 
 
 def _torch_load(path: Path, map_location: str | torch.device, mmap: bool = False) -> dict[str, Any]:
+    import torch
+
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - unreadable, truncated or unsafe files alike
@@ -188,6 +194,8 @@ def _metadata_of(path: Path) -> dict[str, Any]:
 
 def content_hash(state: dict[str, Any]) -> str:
     """SHA-256 over every tensor's bytes and every other value of ``state`` (its ``content_sha256`` left out)."""
+    import torch
+
     digest = hashlib.sha256()
 
     def visit(value, key: str) -> None:
@@ -221,6 +229,8 @@ def file_hash(path: str | os.PathLike) -> str:
 
 def rng_state() -> dict[str, Any]:
     """Every random generator's state as tensors and plain values."""
+    import torch
+
     _, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     return {
@@ -234,6 +244,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore generator states saved by :func:`rng_state`."""
+    import torch
+
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

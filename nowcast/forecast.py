@@ -26,22 +26,24 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 import xarray as xr
-from torch import nn
 
-from nowcast import baselines, lagrangian, models
+from nowcast import baselines, lagrangian
 from nowcast.checkpoint import CheckpointError, file_hash, load_run, read_metadata
 from nowcast.products.atomic import check_writable, remove_stale, scratch_tag
 from nowcast.schema import data_variables, make_forecast, time_step, validate
 from nowcast.transforms import Transform, from_dict
-from nowcast.windows import gapless_starts, tile_origins
+
+if TYPE_CHECKING:  # torch is imported where a network runs: the baselines alone never load it
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ def input_times(reference_time: Any, t_in: int, step: pd.Timedelta) -> pd.Dateti
 
 def newest_complete_window(times: Sequence, t_in: int, step: pd.Timedelta) -> pd.Timestamp | None:
     """Latest time whose ``t_in`` frames ending there are all present (None if there is none)."""
+    from nowcast.windows import gapless_starts
+
     times = pd.DatetimeIndex(times)
     starts = gapless_starts(times, t_in, step)
     return times[starts[-1] + t_in - 1] if len(starts) else None
@@ -135,6 +139,8 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = 
         ``checkpoint`` (path), ``checkpoint_hash`` (SHA-256), ``epoch``,
         ``data`` (variable, time step, channels, patch) and ``config``.
     """
+    from nowcast import models
+
     path, state = load_run(run_dir_or_ckpt, map_location=device)
     spec = state["model"]
     try:
@@ -200,6 +206,7 @@ def forecast(
     device: str | torch.device = "cpu",
     tile: int | None = None,
     overlap: int | None = None,
+    scratch: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """A deterministic forecast issued at ``at`` (default: the last observation time).
 
@@ -218,6 +225,10 @@ def forecast(
             patch learned the patch border and misbehaves on larger inputs),
             else the whole domain up to :data:`MAX_WHOLE_CELLS` cells.
         overlap: cells shared by neighbouring tiles (default ``tile // 4``).
+        scratch: a folder for the leads of a tiled forecast in the Eulerian
+            frame: they are written there a band of rows at a time and the
+            forecast reads them back a lead at a time (dask), so they are never
+            all in memory; the files must outlive the forecast's use.
 
     Returns:
         forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``,
@@ -245,8 +256,12 @@ def forecast(
         tile = 256
     frame = getattr(model, "frame", "eulerian")
     lagrangian.check_frame(frame, variable)
-    run = lagrangian.predict if frame == "lagrangian" else predict
-    fields = run(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
+    if scratch is not None and tile is not None and frame == "eulerian":
+        blocks = predict_rows(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
+        fields = _leads_on_disk(blocks, (n_leads,) + frames.shape[1:], scratch)
+    else:
+        run = lagrangian.predict if frame == "lagrangian" else predict
+        fields = run(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
     fields = fields if variable == "crowd_flow" else fields[:, 0]
     reference = pd.Timestamp(window["time"].values[-1])
     log.info("%s forecast issued at %s: %d leads", meta.get("preset"), reference, n_leads)
@@ -256,59 +271,139 @@ def forecast(
                          source=str(meta.get("preset") or model.preset or model.family), attrs=attrs)
 
 
-@torch.no_grad()
 def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads: int, *,
             device: str | torch.device = "cpu", tile: int | None = None, overlap: int | None = None) -> np.ndarray:
-    """Physical ``[T_in, C, H, W]`` → physical ``[n_leads, C, H, W]`` through ``model``.
+    """Physical ``[T_in, C, H, W]`` → physical ``[n_leads, C, H, W]`` (float32) through ``model``.
 
     The scaled input is edge-padded only up to the model's ``size_multiple``
     (:func:`nowcast.models.run_padded`, as in training); with ``tile`` set the
     model runs on overlapping tiles whose outputs are averaged with weights
     that taper linearly over the overlap (no seams). Cells that are NaN (no
     coverage) in any input frame are NaN in every lead: the network saw a
-    made-up 0 there, so its output is no forecast.
+    made-up 0 there, so its output is no forecast. The leads are filled a band
+    of rows at a time (:func:`predict_rows`).
     """
-    _, _, height, width = frames.shape
-    multiple = model.size_multiple
-    x = torch.from_numpy(transform.forward(frames))[None].to(device)
-    model.eval()
-    if tile is None:
-        y = models.run_padded(model, x, multiple, n_leads)[0]
-    else:
-        y = _tiled(model, models.pad_to_multiple(x, multiple), n_leads, tile, overlap,
-                   multiple)[..., :height, :width]
-    fields = transform.inverse(y.float().cpu().numpy())
-    fields[:, np.isnan(frames).any(axis=0)] = np.nan
+    _, channels, height, width = frames.shape
+    fields = np.empty((n_leads, channels, height, width), dtype="f4")
+    for rows, block in predict_rows(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap):
+        fields[:, :, rows] = block
     return fields
 
 
-def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None,
-           multiple: int) -> torch.Tensor:
-    """Run ``model`` on overlapping tiles (``tile`` rounded up to ``multiple``) of ``x: [1, T, C, H, W]``
-    and blend them."""
-    _, _, c, h, w = x.shape
+def predict_rows(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads: int, *,
+                 device: str | torch.device = "cpu", tile: int | None = None, overlap: int | None = None
+                 ) -> Iterator[tuple[slice, np.ndarray]]:
+    """:func:`predict`'s leads as ``(rows, [n_leads, C, len(rows), W])`` blocks, top to bottom.
+
+    Tiled, a band of rows is yielded as soon as no later tile overlaps it, so
+    the blended sums in memory span about two tiles' rows, not the domain.
+    """
+    import torch
+
+    from nowcast import models
+
+    _, channels, height, width = frames.shape
+    multiple = model.size_multiple
+    gaps = np.isnan(frames).any(axis=0)
+    model.eval()
+    if tile is None:
+        x = torch.from_numpy(transform.forward(frames))[None].to(device)
+        with torch.no_grad():
+            blocks: Iterable[tuple[int, torch.Tensor]] = [(0, models.run_padded(model, x, multiple, n_leads)[0])]
+    else:
+        padded = (channels, -(-height // multiple) * multiple, -(-width // multiple) * multiple)
+
+        def scaled(first: int, stop: int) -> torch.Tensor:
+            """Rows ``first .. stop`` of the scaled input edge-padded as :func:`nowcast.models.pad_to_multiple`
+            pads it: ``[1, T, C, rows, W']``."""
+            rows = frames[:, :, np.minimum(np.arange(first, stop), height - 1)]
+            rows = rows[..., np.minimum(np.arange(padded[2]), width - 1)] if padded[2] > width else rows
+            return torch.from_numpy(transform.forward(rows))[None].to(device)
+
+        blocks = _tiled_rows(model, scaled, padded, n_leads, tile, overlap, multiple)
+    for start, y in blocks:
+        rows = slice(start, min(start + y.shape[-2], height))
+        if rows.stop > rows.start:
+            fields = transform.inverse(y[..., :rows.stop - start, :width].float().cpu().numpy())
+            fields[:, gaps[:, rows]] = np.nan
+            yield rows, fields
+
+
+def _tiled_rows(model: nn.Module, scaled: Callable[[int, int], torch.Tensor], shape: tuple[int, int, int],
+                n_leads: int, tile: int, overlap: int | None, multiple: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Run ``model`` on overlapping tiles (``tile`` rounded up to ``multiple``) of an input of ``shape``
+    ``(C, H, W)`` whose rows ``scaled(first, stop)`` gives as ``[1, T, C, rows, W]``, :data:`TILE_BATCH`
+    tiles at a time in row order, and blend them: ``(first row, [n_leads, C, rows, W])`` blocks, each
+    yielded once no later tile reaches its rows. Input rows are scaled once per row of tiles."""
+    import torch
+
+    from nowcast.windows import tile_origins
+
+    c, h, w = shape
     tile = int(math.ceil(tile / multiple) * multiple)
     th, tw = min(tile, h), min(tile, w)
     overlap = tile // 4 if overlap is None else int(overlap)
     if not 0 <= overlap < min(th, tw):
         raise ValueError(f"overlap {overlap} must be >= 0 and smaller than the tile ({th} x {tw})")
     origins = [(y0, x0) for y0 in tile_origins(h, th, th - overlap) for x0 in tile_origins(w, tw, tw - overlap)]
-    weight = torch.outer(_taper(th, overlap), _taper(tw, overlap)).to(x.device)
-    total = x.new_zeros((n_leads, c, h, w))
-    norm = x.new_zeros((h, w))
+    weight = torch.outer(_taper(th, overlap), _taper(tw, overlap))
+    inputs: dict[int, torch.Tensor] = {}  # the scaled rows of each row of tiles under way
+    first = 0  # the sums below hold rows first .. first + len
+    total = norm = None
     for i in range(0, len(origins), TILE_BATCH):
         batch = origins[i:i + TILE_BATCH]
-        tiles = torch.cat([x[:, :, :, y0:y0 + th, x0:x0 + tw] for y0, x0 in batch])
-        out = model(tiles, t_out=n_leads).float()
-        for (y0, x0), y in zip(batch, out):
-            total[..., y0:y0 + th, x0:x0 + tw] += y * weight
-            norm[y0:y0 + th, x0:x0 + tw] += weight
+        for y0 in sorted({y0 for y0, _ in batch} - inputs.keys()):
+            inputs[y0] = scaled(y0, y0 + th)
+        if total is None:
+            x = inputs[0]
+            weight = weight.to(x.device)
+            total, norm = x.new_zeros((n_leads, c, 0, w)), x.new_zeros((0, w))
+        grow = batch[-1][0] + th - first - norm.shape[0]
+        if grow > 0:
+            total = torch.cat([total, total.new_zeros((n_leads, c, grow, w))], dim=-2)
+            norm = torch.cat([norm, norm.new_zeros((grow, w))])
+        with torch.no_grad():  # not around the yield below: the caller keeps its own grad mode
+            tiles = torch.cat([inputs[y0][..., x0:x0 + tw] for y0, x0 in batch])
+            out = model(tiles, t_out=n_leads).float()
+            for (y0, x0), y in zip(batch, out):
+                total[..., y0 - first:y0 - first + th, x0:x0 + tw] += y * weight
+                norm[y0 - first:y0 - first + th, x0:x0 + tw] += weight
+        done = origins[i + TILE_BATCH][0] if i + TILE_BATCH < len(origins) else h
+        for y0 in [y0 for y0 in inputs if y0 < done]:
+            del inputs[y0]
+        if done > first:
+            yield first, total[..., :done - first, :] / norm[:done - first]
+            total, norm, first = total[..., done - first:, :], norm[done - first:], done
     log.debug("blended %d tiles of %d x %d (overlap %d)", len(origins), th, tw, overlap)
-    return total / norm
+
+
+def _leads_on_disk(blocks: Iterable[tuple[slice, np.ndarray]], shape: tuple[int, ...], folder: str | os.PathLike):
+    """:func:`predict_rows`' blocks written into a float32 file in ``folder``, lead after lead, and read back
+    as a dask array ``shape`` ``(n_leads, C, H, W)`` chunked one lead at a time."""
+    import dask
+    import dask.array as da
+
+    n_leads, channels, height, width = shape
+    handle, name = tempfile.mkstemp(suffix=".f4", dir=folder)
+    with os.fdopen(handle, "wb") as f:
+        f.truncate(4 * n_leads * channels * height * width)
+        for rows, block in blocks:
+            for lead, channel in np.ndindex(n_leads, channels):
+                f.seek(4 * ((lead * channels + channel) * height + rows.start) * width)
+                f.write(block[lead, channel])
+    read = dask.delayed(_read_lead, pure=True)
+    return da.stack([da.from_delayed(read(name, lead, shape[1:]), shape[1:], np.float32) for lead in range(n_leads)])
+
+
+def _read_lead(path: str, lead: int, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape))
+    return np.fromfile(path, dtype="f4", count=count, offset=4 * lead * count).reshape(shape)
 
 
 def _taper(n: int, overlap: int) -> torch.Tensor:
     """1-D blending weights: rising linearly over ``overlap`` cells at each end, 1 inside, never 0."""
+    import torch
+
     ramp = torch.ones(n)
     if overlap:
         edge = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
@@ -322,7 +417,8 @@ BASELINE_FRAMES = {"persistence": 1, "lagrangian": 3, "historical_average": 1}
 #: Lead times issued when no model sets them: an hour of 5-min frames.
 DEFAULT_LEADS = 12
 
-Model = str | os.PathLike | tuple[nn.Module, Transform, dict[str, Any]] | PlannedModel
+if TYPE_CHECKING:
+    Model = str | os.PathLike | tuple[nn.Module, Transform, dict[str, Any]] | PlannedModel
 
 
 def input_window(obs: xr.Dataset, reference: Any, n_frames: int) -> xr.Dataset:
@@ -340,6 +436,7 @@ def forecast_with_baselines(
     device: str | torch.device = "cpu",
     include_baselines: bool = True,
     skipped: dict[str, str] | None = None,
+    scratch: str | os.PathLike | None = None,
 ) -> dict[str, xr.Dataset]:
     """Forecasts of every model plus the baselines, all issued at :func:`issue_time` of ``at``.
 
@@ -354,6 +451,7 @@ def forecast_with_baselines(
         skipped: when given, a method whose input frames are incomplete is
             left out and recorded here (name → reason) while the others are
             still issued; otherwise :class:`MissingInputError` propagates.
+        scratch: where tiled model forecasts keep their leads (:func:`forecast`).
     """
     reference = issue_time(obs["time"].values, at, time_step(obs))
     models = [m if isinstance(m, (tuple, PlannedModel)) else PlannedModel(m, device) for m in models]
@@ -378,7 +476,7 @@ def forecast_with_baselines(
         try:
             select_inputs(window, t_in, reference)
             bundle = model.load() if isinstance(model, PlannedModel) else model
-            out[name] = forecast(window, bundle, at=reference, n_leads=n_leads, device=device)
+            out[name] = forecast(window, bundle, at=reference, n_leads=n_leads, device=device, scratch=scratch)
         except MissingInputError as err:
             missing(name, err, t_in)
     if not include_baselines:
@@ -539,21 +637,30 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
             issues.append(Issue(reference, folder, [], {}, f"products issued at {reference:%Y-%m-%d %H:%M} "
                                                            f"already exist in {folder}"))
             continue
-        skipped: dict[str, str] = {}
-        forecasts = forecast_with_baselines(obs, planned, at=reference, n_leads=n_leads, device=device,
-                                            include_baselines=include_baselines, skipped=skipped)
-        if missing_before and not set(missing_before) & set(forecasts):
-            issues.append(Issue(reference, folder, [], skipped, f"products issued at {reference:%Y-%m-%d %H:%M} "
-                                f"exist in {folder}; {', '.join(missing_before)} still cannot be issued"))
-            continue
-        if not forecasts:
-            issues.append(Issue(reference, folder, [], skipped, f"{store}: " + "; ".join(
-                f"{name}: {why}" for name, why in skipped.items()) if skipped else "no method to issue"))
-            continue
-        # A folder whose methods were skipped (a late frame has since filled the window) is replaced whole.
-        write_products(forecasts, folder, formats=formats, overwrite=overwrite or bool(missing_before),
-                       extra={**(extra or {}), "reference_time": str(reference), "skipped": skipped})
-        for name, why in skipped.items():
-            log.warning("%s not issued at %s: %s", name, reference, why)
-        issues.append(Issue(reference, folder, list(forecasts), skipped))
+        with tempfile.TemporaryDirectory(prefix=".scratch-", suffix=f"-{scratch_tag()}", dir=out_dir) as scratch:
+            issues.append(_issue(obs, planned, reference, folder, missing_before, scratch, store=store,
+                                 n_leads=n_leads, include_baselines=include_baselines, formats=formats,
+                                 device=device, overwrite=overwrite, extra=extra))
     return issues
+
+
+def _issue(obs: xr.Dataset, planned: list[PlannedModel], reference: pd.Timestamp, folder: Path,
+           missing_before: list[str] | None, scratch: str, *, store: str | os.PathLike, n_leads: int,
+           include_baselines: bool, formats: Sequence[str], device: str | torch.device, overwrite: bool,
+           extra: dict[str, Any] | None) -> Issue:
+    """One issue time of :func:`issue_nowcasts`, tiled model leads kept in ``scratch`` until written."""
+    skipped: dict[str, str] = {}
+    forecasts = forecast_with_baselines(obs, planned, at=reference, n_leads=n_leads, device=device,
+                                        include_baselines=include_baselines, skipped=skipped, scratch=scratch)
+    if missing_before and not set(missing_before) & set(forecasts):
+        return Issue(reference, folder, [], skipped, f"products issued at {reference:%Y-%m-%d %H:%M} "
+                     f"exist in {folder}; {', '.join(missing_before)} still cannot be issued")
+    if not forecasts:
+        return Issue(reference, folder, [], skipped, f"{store}: " + "; ".join(
+            f"{name}: {why}" for name, why in skipped.items()) if skipped else "no method to issue")
+    # A folder whose methods were skipped (a late frame has since filled the window) is replaced whole.
+    write_products(forecasts, folder, formats=formats, overwrite=overwrite or bool(missing_before),
+                   extra={**(extra or {}), "reference_time": str(reference), "skipped": skipped})
+    for name, why in skipped.items():
+        log.warning("%s not issued at %s: %s", name, reference, why)
+    return Issue(reference, folder, list(forecasts), skipped)

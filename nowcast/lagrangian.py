@@ -40,7 +40,6 @@ import xarray as xr
 import zarr
 
 from nowcast import archive, baselines
-from nowcast.models.base import FRAMES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,6 +61,8 @@ BUILD_BATCH = 16
 
 def check_frame(frame: str, variable: str) -> None:
     """Refuse an unknown ``frame``, and the Lagrangian frame for a variable that is not advected."""
+    from nowcast.models.base import FRAMES
+
     if frame not in FRAMES:
         raise ValueError(f"unknown frame {frame!r}; choose one of {list(FRAMES)}")
     if frame == "lagrangian" and variable not in baselines.RAIN_VARIABLES:

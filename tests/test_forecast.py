@@ -23,6 +23,7 @@ from nowcast.schema import crs_of, validate
 from nowcast.synthetic import synthetic_radar, synthetic_traffic
 from nowcast.training import train
 from nowcast.transforms import DBR, Identity
+from nowcast.windows import tile_origins
 
 pytestmark = pytest.mark.xdist_group("forecast")
 ISSUE = pd.Timestamp("2024-06-01T16:00")  # frame 48 of the synthetic archive
@@ -122,6 +123,34 @@ def test_tiles_blend_to_the_whole_domain_result(monkeypatch):
     assert model.shapes[0][-2:] == (72, 72) and len(model.shapes) == 1  # no training patch: 256 ≥ domain
     fc.forecast(obs, (model, Identity(), {"data": {"patch": [48, 48]}}), n_leads=1)
     assert model.shapes[-1][-2:] == (48, 48)
+
+
+def test_tiled_forecast_is_the_blend_of_tiles_of_the_padded_input_band_by_band(tmp_path):
+    """Rows come out as soon as they are final, the input is scaled a row of tiles at a time, and the
+    leads can go through scratch files: the values are those of blending every tile of the whole input."""
+    torch.manual_seed(0)
+    model = models.build("stlight-tiny").eval()
+    obs = synthetic_radar(model.t_in, size=72, seed=5).isel(y=slice(0, 70), x=slice(0, 65)).load()
+    obs["rainrate"][:, :6, :] = np.nan
+    frames = obs["rainrate"].values[:, None]
+    x = models.pad_to_multiple(torch.from_numpy(DBR().forward(frames))[None], model.size_multiple)
+    total, norm = torch.zeros((3, 1) + x.shape[-2:]), torch.zeros(x.shape[-2:])
+    weight = torch.outer(fc._taper(32, 8), fc._taper(32, 8))
+    origins = [(y0, x0) for y0 in tile_origins(72, 32, 24) for x0 in tile_origins(68, 32, 24)]
+    with torch.no_grad():
+        for i in range(0, len(origins), fc.TILE_BATCH):
+            batch = origins[i:i + fc.TILE_BATCH]
+            out = model(torch.cat([x[..., y0:y0 + 32, x0:x0 + 32] for y0, x0 in batch]), t_out=3)
+            for (y0, x0), y in zip(batch, out):
+                total[..., y0:y0 + 32, x0:x0 + 32] += y * weight
+                norm[y0:y0 + 32, x0:x0 + 32] += weight
+    expected = DBR().inverse((total / norm)[..., :70, :65].numpy())
+    expected[:, :, :6] = np.nan
+    bundle = (model, DBR(), {"preset": "stlight-tiny"})
+    np.testing.assert_array_equal(fc.predict(model, DBR(), frames, 3, tile=32, overlap=8), expected)
+    streamed = fc.forecast(obs, bundle, n_leads=3, tile=32, overlap=8, scratch=tmp_path)["rainrate"]
+    assert streamed.chunks[0] == (1, 1, 1) and len(list(tmp_path.glob("*.f4"))) == 1  # read a lead at a time
+    np.testing.assert_array_equal(streamed.values, expected[:, 0])
 
 
 @pytest.mark.parametrize("name", ["tau-tiny", "stlight-tiny", "mslstm-tiny"])
@@ -294,10 +323,14 @@ def test_issue_nowcasts_opens_the_archive_once(store, run, tmp_path, monkeypatch
     assert opened == ["xarray", "group"]  # xarray opens the Zarr group once, and only that
 
 
-def test_a_model_forecast_does_not_import_pysteps(store, run, tmp_path):
-    code = ("import sys; from nowcast import forecast as fc; "
-            f"fc.issue_nowcasts({str(store)!r}, [{str(run)!r}], {str(tmp_path)!r}, n_leads=1, include_baselines=False, "
-            "formats=['netcdf']); assert 'pysteps' not in sys.modules, 'pysteps imported'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert [p.name for p in tmp_path.glob("*/*.nc")] == ["stlight-tiny.nc"]
+def test_a_model_forecast_imports_no_pysteps_and_the_baselines_no_torch(store, run, tmp_path):
+    """Neither library is imported where it is not used (bench/forecast.py times pysteps' import)."""
+    for models, baselines, absent, written in (([str(run)], False, "pysteps", ["stlight-tiny.nc"]),
+                                               ([], True, "torch", ["lagrangian.nc", "persistence.nc"])):
+        out = tmp_path / absent
+        code = ("import sys; from nowcast import forecast as fc; "
+                f"fc.issue_nowcasts({str(store)!r}, {models!r}, {str(out)!r}, n_leads=1, "
+                f"include_baselines={baselines}, formats=['netcdf']); assert {absent!r} not in sys.modules")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert sorted(p.name for p in out.glob("*/*.nc")) == written
