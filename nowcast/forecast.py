@@ -120,13 +120,28 @@ def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None) -> xr.Dataset:
     reference = issue_time(available, at, step)
     wanted = input_times(reference, t_in, step)
     present = wanted[wanted.isin(available)]
-    window = obs.sel(time=present).load()
+    window = _frames_at(obs, present)
     variable = data_variables(obs)[0]
     empty = window[variable].isnull().all([d for d in window[variable].dims if d != "time"]).values
     missing = wanted[~wanted.isin(present[~empty])]
     if len(missing):
         raise MissingInputError(reference, missing, t_in, step)
     return window
+
+
+def _frames_at(obs: xr.Dataset, times: pd.DatetimeIndex) -> xr.Dataset:
+    """``obs`` at ``times`` (all among its times), loaded with no second copy of the frames: ``obs``
+    itself when it holds just those times, else dask variables computed a frame at a time."""
+    if times.equals(pd.DatetimeIndex(obs["time"].values)):
+        return obs.copy(deep=False).load()
+    window = obs.sel(time=times)
+    for name in data_variables(window):
+        if window[name].chunks is not None:  # dask would stack the computed frames on a copy of them all
+            values = np.empty(window[name].shape, window[name].dtype)
+            for k in range(len(values)):
+                values[k] = window[name][k].values
+            window[name] = window[name].copy(data=values)
+    return window.load()
 
 
 def load_model(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu"
@@ -424,7 +439,7 @@ if TYPE_CHECKING:
 def input_window(obs: xr.Dataset, reference: Any, n_frames: int) -> xr.Dataset:
     """The frames of ``obs`` among the ``n_frames`` ending at ``reference``, loaded (read once for every method)."""
     wanted = input_times(reference, n_frames, time_step(obs))
-    return obs.sel(time=wanted[wanted.isin(pd.DatetimeIndex(obs["time"].values))]).load()
+    return _frames_at(obs, wanted[wanted.isin(pd.DatetimeIndex(obs["time"].values))])
 
 
 def forecast_with_baselines(
@@ -625,8 +640,8 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
     from nowcast.archive import open_archive
 
     check_writable(out_dir)  # before loading and computing anything
-    obs = open_archive(store)
-    obs = obs.assign_coords({name: obs[name].compute() for name in ("lat", "lon")})
+    obs = open_archive(store, chunks=None)  # lazily indexed: a window reads its frames' chunks only
+    obs = obs.assign_coords({name: obs[name].load() for name in ("lat", "lon")})
     planned = [PlannedModel(model, device) for model in models]
     n_leads = int(n_leads or max((m.t_out for m in planned), default=DEFAULT_LEADS))
     issues = []
