@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 #: Domains up to this many cells run whole; larger ones are tiled (all presets are fully convolutional).
 MAX_WHOLE_CELLS = 512 * 512
 TILE_BATCH = 8
+#: Tiled forecasts of more float32 bytes than this keep their leads in ``scratch`` files (:func:`forecast`).
+SCRATCH_BYTES = 64 * 2**20
 
 
 class MissingInputError(ValueError):
@@ -241,9 +243,10 @@ def forecast(
             else the whole domain up to :data:`MAX_WHOLE_CELLS` cells.
         overlap: cells shared by neighbouring tiles (default ``tile // 4``).
         scratch: a folder for the leads of a tiled forecast in the Eulerian
-            frame: they are written there a band of rows at a time and the
-            forecast reads them back a lead at a time (dask), so they are never
-            all in memory; the files must outlive the forecast's use.
+            frame larger than :data:`SCRATCH_BYTES`: they are written there a
+            band of rows at a time and the forecast reads them back a lead at a
+            time (dask), so they are never all in memory; the files must
+            outlive the forecast's use.
 
     Returns:
         forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``,
@@ -271,7 +274,8 @@ def forecast(
         tile = 256
     frame = getattr(model, "frame", "eulerian")
     lagrangian.check_frame(frame, variable)
-    if scratch is not None and tile is not None and frame == "eulerian":
+    streamed = tile is not None and frame == "eulerian" and 4 * n_leads * frames[0].size > SCRATCH_BYTES
+    if scratch is not None and streamed:
         blocks = predict_rows(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap)
         fields = _leads_on_disk(blocks, (n_leads,) + frames.shape[1:], scratch)
     else:

@@ -125,9 +125,9 @@ def test_tiles_blend_to_the_whole_domain_result(monkeypatch):
     assert model.shapes[-1][-2:] == (48, 48)
 
 
-def test_tiled_forecast_is_the_blend_of_tiles_of_the_padded_input_band_by_band(tmp_path):
-    """Rows come out as soon as they are final, the input is scaled a row of tiles at a time, and the
-    leads can go through scratch files: the values are those of blending every tile of the whole input."""
+def test_tiled_forecast_is_the_blend_of_tiles_of_the_padded_input_band_by_band(tmp_path, monkeypatch):
+    """Rows come out as soon as they are final, the input is scaled a row of tiles at a time, and large
+    leads go through scratch files: the values are those of blending every tile of the whole input."""
     torch.manual_seed(0)
     model = models.build("stlight-tiny").eval()
     obs = synthetic_radar(model.t_in, size=72, seed=5).isel(y=slice(0, 70), x=slice(0, 65)).load()
@@ -148,9 +148,13 @@ def test_tiled_forecast_is_the_blend_of_tiles_of_the_padded_input_band_by_band(t
     expected[:, :, :6] = np.nan
     bundle = (model, DBR(), {"preset": "stlight-tiny"})
     np.testing.assert_array_equal(fc.predict(model, DBR(), frames, 3, tile=32, overlap=8), expected)
+    small = fc.forecast(obs, bundle, n_leads=3, tile=32, overlap=8, scratch=tmp_path)["rainrate"]
+    assert small.chunks is None and not list(tmp_path.iterdir())  # under SCRATCH_BYTES: in memory
+    monkeypatch.setattr(fc, "SCRATCH_BYTES", 0)
     streamed = fc.forecast(obs, bundle, n_leads=3, tile=32, overlap=8, scratch=tmp_path)["rainrate"]
     assert streamed.chunks[0] == (1, 1, 1) and len(list(tmp_path.glob("*.f4"))) == 1  # read a lead at a time
     np.testing.assert_array_equal(streamed.values, expected[:, 0])
+    np.testing.assert_array_equal(small.values, expected[:, 0])
 
 
 @pytest.mark.parametrize("name", ["tau-tiny", "stlight-tiny", "mslstm-tiny"])
