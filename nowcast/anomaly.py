@@ -79,9 +79,11 @@ def predict(model: nn.Module, transform: Transform, frames: np.ndarray, clim_in:
     ``clim_in``/``clim_out``: :func:`climatology` of the input and lead times.
     NaN where an input frame or the leads' climatology is NaN.
     """
-    from nowcast.forecast import predict_scaled
+    from nowcast.forecast import predict
+    from nowcast.transforms import Identity
 
-    anomalies = predict_scaled(model, to_anomaly(transform, frames, clim_in), len(clim_out), **options)
+    # The network runs on anomalies already scaled, so forecast.predict gets no scaler of its own.
+    anomalies = predict(model, Identity(), to_anomaly(transform, frames, clim_in), len(clim_out), **options)
     fields = transform.inverse(anomalies + transform.forward(clim_out))
     fields[:, np.isnan(frames).any(axis=0)] = np.nan
     fields[np.isnan(clim_out)] = np.nan

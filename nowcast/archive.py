@@ -71,7 +71,11 @@ def time_chunk(ds: xr.Dataset) -> int:
 # -- the commit record ---------------------------------------------------------------------------------------
 
 def _record(store: Path) -> dict:
-    attrs = zarr.open_group(str(store), mode="r").attrs
+    return _record_in(zarr.open_group(str(store), mode="r").attrs, store)
+
+
+def _record_in(attrs, store: Path) -> dict:
+    """The commit record among a store's group attributes."""
     if RECORD not in attrs:
         if "nowcast_committed" in attrs:
             raise ArchiveError(f"{store}: written by an older nowcast (archive format 1, no regular time axis); "
@@ -136,15 +140,15 @@ def open_archive(store: str | os.PathLike, *, validate_model: bool = True, chunk
     store = Path(store)
     if not store.exists():
         raise ArchiveError(f"{store}: no such archive")
-    try:
-        record = _record(store)
+    try:  # one open of the store: the commit record comes with the group's attributes
+        ds = xr.open_zarr(store, consolidated=False, chunks=None)
+        record = _record_in(ds.attrs, store)
     except ArchiveError:
         raise
     except Exception as err:  # noqa: BLE001 - report any store damage the same way
         raise ArchiveError(f"{store}: not a nowcast archive ({err})") from err
     slots = _present(record)
     # Lazily indexed first, dask after: a dask graph over every slot since 1970 would be huge.
-    ds = xr.open_zarr(store, consolidated=False, chunks=None)
     ds = ds.isel(time=slots).assign_coords(time=("time", _slot_times(record, slots), record["time_attrs"]))
     if chunks is not None:
         variable = data_variables(ds)[0]

@@ -12,15 +12,23 @@ Data-model datasets in (:mod:`nowcast.schema`), forecast datasets out
   previous weeks (traffic, as in the ST-ResNet/TaxiBJ papers);
 * :func:`estimate_motion`: the optical-flow field, for plots and diagnostics.
 
-:func:`motion_field` and :func:`advect` are the motion estimation and the
-semi-Lagrangian scheme of the Lagrangian extrapolation, shared with the
-Lagrangian frame of the deep models (:mod:`nowcast.lagrangian`).
+:func:`motion_field` and :func:`advect` (:func:`extrapolate` for one field)
+are the motion estimation and the semi-Lagrangian scheme of the Lagrangian
+extrapolation, shared with the Lagrangian frame of the deep models
+(:mod:`nowcast.lagrangian`).
+
+Large grids: the optical flow's interpolation runs in chunks of about
+:data:`INTERP_CHUNK_CELLS` cells and the advection one lead at a time in bands
+of :data:`BAND_ROWS` rows, so temporaries stay small; the values are those of
+the pysteps calls they replace (``tests/test_baselines.py`` checks it).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -34,6 +42,10 @@ log = logging.getLogger(__name__)
 # pixels before optical flow and extrapolation.
 DBR_ZERO = -15.0
 RAIN_VARIABLES = ("rainrate", "accumulation")
+#: Target cells per chunk of the Lucas-Kanade vectors' interpolation to the grid (its temporaries follow the chunk).
+INTERP_CHUNK_CELLS = 2**17
+#: Rows per band of the semi-Lagrangian advection.
+BAND_ROWS = 128
 
 
 def _issue_index(obs: xr.Dataset, at) -> int:
@@ -95,14 +107,23 @@ def _input_frames(obs: xr.Dataset, at, n_input: int) -> tuple[str, int, np.ndarr
     if not np.all(steps == time_step(obs).to_timedelta64()):
         raise ValueError(f"the {n_input} input frames ending at {pd.Timestamp(obs['time'].values[i]).isoformat()} "
                          f"are not consecutive at {obs.attrs['time_step']}: times {window['time'].values}")
-    return variable, i, np.asarray(window.values, dtype="f8")
+    return variable, i, np.asarray(window.values)
 
 
 def _to_dbr(frames: np.ndarray, threshold: float) -> np.ndarray:
-    """dBR as pysteps recommends for motion estimation; dry -> -15 dBR, NaN kept."""
+    """dBR (float64) as pysteps recommends for motion estimation; dry -> -15 dBR, NaN kept.
+
+    One field at a time, so the temporaries of pysteps' ``dB_transform`` stay one field.
+    """
     from pysteps.utils.transformation import dB_transform
 
-    return dB_transform(frames, threshold=threshold, zerovalue=DBR_ZERO)[0]
+    frames = np.asarray(frames)
+    if frames.ndim < 3:
+        return dB_transform(np.asarray(frames, dtype="f8"), threshold=threshold, zerovalue=DBR_ZERO)[0]
+    dbr = np.empty(frames.shape)
+    for index in np.ndindex(frames.shape[:-2]):
+        dbr[index] = _to_dbr(frames[index], threshold)
+    return dbr
 
 
 def _motion_pixels(dbr: np.ndarray, method: str) -> np.ndarray:
@@ -110,12 +131,16 @@ def _motion_pixels(dbr: np.ndarray, method: str) -> np.ndarray:
 
     NaN pixels (no radar coverage) are masked by the Lucas-Kanade feature
     detection; the other methods need finite input, so there NaN become dry.
+    Lucas-Kanade interpolates its vectors to the grid in chunks of about
+    :data:`INTERP_CHUNK_CELLS` cells (pysteps' ``nchunks``; the same values).
     """
     from pysteps import motion
 
     if method.upper() != "LK":
         dbr = np.where(np.isfinite(dbr), dbr, DBR_ZERO)
-    velocity = motion.get_method(method)(dbr)
+        return np.asarray(motion.get_method(method)(dbr), dtype="f8")
+    side = max(2, math.ceil(math.sqrt(dbr.shape[-2] * dbr.shape[-1] / INTERP_CHUNK_CELLS)))
+    velocity = motion.get_method(method)(dbr, interp_kwargs={"nchunks": side * side})
     return np.asarray(velocity, dtype="f8")
 
 
@@ -134,30 +159,82 @@ def motion_field(frames: np.ndarray, *, method: str = "LK", threshold_mmh: float
     Estimated in dBR (:func:`_to_dbr`); components: columns right, rows down,
     pixels per time step (pysteps' convention).
     """
-    return _motion_pixels(_to_dbr(np.asarray(frames, dtype="f8"), threshold_mmh), method)
+    return _motion_pixels(_to_dbr(frames, threshold_mmh), method)
 
 
 def advect(rates: np.ndarray, velocity: np.ndarray, *, threshold_mmh: float = 0.1,
            backward: bool = False) -> np.ndarray:
     """Field ``k`` of ``rates [n, rows, cols]`` (mm h-1) advected ``k + 1`` time steps along ``velocity``.
 
-    Backward semi-Lagrangian advection in dBR
-    (``pysteps.extrapolation.semilagrangian``, chained one step at a time
-    with the trajectory of the previous step, which gives the same fields as
-    one ``n``-step call); ``backward=True`` goes back in time (along
-    ``-velocity``). Back in mm h-1 with rates below ``threshold_mmh`` set to
-    0; NaN where the trajectory starts outside the domain or at a NaN cell.
+    Backward semi-Lagrangian advection in dBR (:func:`semi_lagrangian`);
+    ``backward=True`` goes back in time (along ``-velocity``). Back in mm h-1
+    (float32) with rates below ``threshold_mmh`` set to 0; NaN where the
+    trajectory starts outside the domain or at a NaN cell.
     """
-    from pysteps.extrapolation.semilagrangian import extrapolate
-
-    dbr = _to_dbr(np.asarray(rates, dtype="f8"), threshold_mmh)
     velocity = -velocity if backward else velocity
-    advected, displacement = np.empty_like(dbr), None
-    for k, field in enumerate(dbr):
-        warped, displacement = extrapolate(field, velocity, 1, outval=np.nan, allow_nonfinite_values=True,
-                                           displacement_prev=displacement, return_displacement=True)
-        advected[k] = warped[0]
-    return _from_dbr(advected, threshold_mmh)
+    out = np.empty(np.shape(rates), dtype="f4")
+    steps = semi_lagrangian(lambda k: _to_dbr(rates[k], threshold_mmh), velocity, len(out))
+    for k, field in enumerate(steps):
+        out[k] = _from_dbr(field, threshold_mmh)
+    return out
+
+
+def extrapolate(rates: np.ndarray, velocity: np.ndarray, n_leads: int, *, threshold_mmh: float = 0.1) -> np.ndarray:
+    """``rates [rows, cols]`` (mm h-1) advected 1 .. ``n_leads`` steps along ``velocity``: float32
+    ``[n_leads, rows, cols]``, as :func:`advect` gives for ``n_leads`` copies of it (the dBR field made once)."""
+    issue = _to_dbr(rates, threshold_mmh)
+    out = np.empty((n_leads,) + issue.shape, dtype="f4")
+    for k, field in enumerate(semi_lagrangian(lambda k: issue, velocity, n_leads)):
+        out[k] = _from_dbr(field, threshold_mmh)
+    return out
+
+
+def semi_lagrangian(field: Callable[[int], np.ndarray], velocity: np.ndarray, n_steps: int) -> Iterator[np.ndarray]:
+    """``field(k)`` (2-D, float64) advected ``k + 1`` steps along ``velocity``, for k = 0 .. ``n_steps - 1``.
+
+    pysteps' backward semi-Lagrangian scheme
+    (``pysteps.extrapolation.semilagrangian.extrapolate`` with its defaults:
+    one midpoint iteration, bilinear, NaN outside) with one trajectory carried
+    from step to step, as chained one-step calls of it give, computed one step
+    at a time in bands of :data:`BAND_ROWS` rows: the same values, with
+    temporaries of a band and no stack of leads.
+    """
+    from scipy.ndimage import map_coordinates
+
+    if not np.isfinite(velocity).any():
+        raise ValueError("velocity contains only non-finite values")
+    rows, cols = velocity.shape[1:]
+    displacement = np.zeros((2, rows, cols))
+    increment = velocity.copy()
+    buffer = np.empty((2, min(BAND_ROWS, rows), cols))
+
+    def origins(band: slice, shift: np.ndarray) -> np.ndarray:
+        """(row, column) coordinates of the band's cells displaced by ``shift`` (columns, rows)."""
+        where = buffer[:, :band.stop - band.start]
+        np.add(np.arange(band.start, band.stop)[:, None], shift[1], out=where[0])
+        np.add(np.arange(cols), shift[0], out=where[1])
+        return where
+
+    def interpolate_motion(band: slice, shift: np.ndarray) -> None:
+        where = origins(band, shift)
+        for c in (0, 1):
+            map_coordinates(velocity[c], where, output=increment[c, band], order=1, mode="nearest",
+                            prefilter=False)
+
+    for k in range(n_steps):
+        values = field(k)
+        if not np.isfinite(values).any():
+            raise ValueError("precip contains only non-finite values")
+        advected = np.empty((rows, cols))
+        for start in range(0, rows, BAND_ROWS):
+            band = slice(start, min(start + BAND_ROWS, rows))
+            if k:
+                interpolate_motion(band, displacement[:, band])
+            interpolate_motion(band, displacement[:, band] - increment[:, band] / 2.0)
+            displacement[:, band] -= increment[:, band]
+            map_coordinates(values, origins(band, displacement[:, band]), output=advected[band], order=1,
+                            mode="constant", cval=np.nan, prefilter=False)
+        yield advected
 
 
 def estimate_motion(obs: xr.Dataset, *, at=None, n_input: int = 3, method: str = "LK",
@@ -207,10 +284,10 @@ def lagrangian_extrapolation(obs: xr.Dataset, n_leads: int, *, at=None, n_input:
     _check_leads(n_leads)
     variable, i, frames = _input_frames(obs, at, n_input)
     velocity = motion_field(frames, method=motion, threshold_mmh=threshold_mmh)
-    rates = advect(np.repeat(frames[-1:], int(n_leads), axis=0), velocity, threshold_mmh=threshold_mmh)
+    rates = extrapolate(frames[-1], velocity, int(n_leads), threshold_mmh=threshold_mmh)
     speed = np.hypot(*velocity).mean()
     log.debug("lagrangian extrapolation at %s: mean speed %.2f px/step", obs["time"].values[i], speed)
-    return make_forecast(rates.astype("f4"), like=obs, reference_time=obs["time"].values[i], variable=variable,
+    return make_forecast(rates, like=obs, reference_time=obs["time"].values[i], variable=variable,
                          source="lagrangian",
                          attrs={"motion_method": motion, "n_input": n_input, "threshold_mmh": threshold_mmh})
 

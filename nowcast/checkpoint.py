@@ -20,26 +20,36 @@ steps, for ``--resume``) and
 Every checkpoint carries ``content_sha256``, a digest of all its tensors and
 values computed at save and checked at load, so flipped bytes that still
 unpickle (a corrupt optimiser state, say) are an error, not a silent load.
+
+Beside each checkpoint, ``best.meta.json`` (``last.meta.json``) holds its
+:func:`metadata` (everything but tensors) and the file's size and
+modification time: :func:`read_metadata` plans a forecast from it (input and
+output frames, preset, frame) without reading the weights.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from nowcast.products.atomic import atomic_path
+from nowcast.products.atomic import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 FORMAT = "nowcast-checkpoint-v1"
 LAST, BEST = "last.pt", "best.pt"
+#: The entries of a checkpoint that :func:`metadata` keeps (plus the model's name and configuration).
+METADATA_KEYS = ("format", "epoch", "step", "transform", "data", "config")
 
 
 class CheckpointError(RuntimeError):
@@ -48,6 +58,8 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); return ``path``."""
+    import torch
+
     path = Path(path)
     state = {"format": FORMAT, **state}
     state["content_sha256"] = content_hash(state)
@@ -56,7 +68,39 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+    _write_sidecar(state, path)
     return path
+
+
+def metadata_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar of checkpoint ``path``: ``best.pt`` → ``best.meta.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.meta.json")
+
+
+def metadata(state: dict[str, Any]) -> dict[str, Any]:
+    """What a forecast plan needs of a checkpoint: :data:`METADATA_KEYS` and the model's name and
+    configuration; no tensors."""
+    meta = {key: state[key] for key in METADATA_KEYS if key in state}
+    meta["model"] = {key: value for key, value in dict(state.get("model") or {}).items() if key != "state"}
+    return meta
+
+
+def _file_stamp(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _write_sidecar(state: dict[str, Any], path: Path) -> None:
+    """Write :func:`metadata_path` atomically after the checkpoint; a value JSON cannot hold leaves none
+    (:func:`read_metadata` then reads the checkpoint)."""
+    sidecar = metadata_path(path)
+    try:
+        text = json.dumps({**metadata(state), "file": _file_stamp(path)}, indent=1)
+    except (TypeError, ValueError):
+        sidecar.unlink(missing_ok=True)
+        return
+    write_text_atomic(sidecar, text)
 
 
 def find_checkpoint(run_dir_or_file: str | os.PathLike, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:
@@ -72,15 +116,22 @@ def find_checkpoint(run_dir_or_file: str | os.PathLike, prefer: tuple[str, ...] 
     raise CheckpointError(f"{path}: no such checkpoint file or run folder")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); raise :class:`CheckpointError` if it is not one."""
-    path = Path(path)
+def _torch_load(path: Path, map_location: str | torch.device, mmap: bool = False) -> dict[str, Any]:
+    import torch
+
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - unreadable, truncated or unsafe files alike
         raise CheckpointError(f"{path}: cannot load checkpoint ({err})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nowcast checkpoint (expected format {FORMAT!r})")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``); raise :class:`CheckpointError` if it is not one."""
+    path = Path(path)
+    state = _torch_load(path, map_location)
     recorded = state.get("content_sha256")
     if recorded is not None and recorded != content_hash(state):
         raise CheckpointError(f"{path}: corrupt checkpoint (its content no longer matches the digest recorded "
@@ -110,8 +161,41 @@ def load_run(run_dir_or_file: str | os.PathLike, map_location: str | torch.devic
     raise CheckpointError("; ".join(errors) or f"{path}: no checkpoint ({' or '.join(prefer)}) in this run folder")
 
 
+def read_metadata(run_dir_or_file: str | os.PathLike, prefer: tuple[str, ...] = (BEST, LAST)
+                  ) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint file, or the first of ``prefer`` in a run folder that reads, and its :func:`metadata`.
+
+    From the sidecar (:func:`metadata_path`) while it matches the file's size and modification time;
+    otherwise (a run saved before sidecars, a file copied without its times) from the checkpoint
+    itself, memory-mapped so that no tensor is read. The weights' digest is checked only when they are
+    loaded (:func:`load_run`).
+    """
+    path = Path(run_dir_or_file)
+    candidates = [path / name for name in prefer if (path / name).is_file()] if path.is_dir() \
+        else [find_checkpoint(path)]
+    errors = []
+    for candidate in candidates:
+        try:
+            return candidate, _metadata_of(candidate)
+        except CheckpointError as err:
+            errors.append(str(err))
+    raise CheckpointError("; ".join(errors) or f"{path}: no checkpoint ({' or '.join(prefer)}) in this run folder")
+
+
+def _metadata_of(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(metadata_path(path).read_text())
+        if meta.pop("file") == _file_stamp(path):
+            return meta
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return metadata(_torch_load(path, "cpu", mmap=True))
+
+
 def content_hash(state: dict[str, Any]) -> str:
     """SHA-256 over every tensor's bytes and every other value of ``state`` (its ``content_sha256`` left out)."""
+    import torch
+
     digest = hashlib.sha256()
 
     def visit(value, key: str) -> None:
@@ -145,6 +229,8 @@ def file_hash(path: str | os.PathLike) -> str:
 
 def rng_state() -> dict[str, Any]:
     """Every random generator's state as tensors and plain values."""
+    import torch
+
     _, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     return {
@@ -158,6 +244,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore generator states saved by :func:`rng_state`."""
+    import torch
+
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -13,6 +13,11 @@ at many times and writes the products (``nowcast forecast`` and
 ``flows/forecast.py``). A model trained in the Lagrangian frame (its
 checkpoint's ``frame``) forecasts in it (:func:`nowcast.lagrangian.predict`),
 as does one trained on anomalies from the weekly cycle (:func:`nowcast.anomaly.predict`).
+
+:func:`issue_nowcasts` opens the archive once, plans every issue time from
+the checkpoints' metadata (:class:`PlannedModel`: input and output frames,
+no weights), loads a network only when one of its forecasts is computed,
+and reads each issue time's input frames once for every method.
 """
 
 from __future__ import annotations
@@ -22,28 +27,32 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 import xarray as xr
-from torch import nn
 
-from nowcast import anomaly, baselines, lagrangian, models
-from nowcast.checkpoint import CheckpointError, file_hash, load_run
+from nowcast import anomaly, baselines, lagrangian
+from nowcast.checkpoint import CheckpointError, file_hash, load_run, read_metadata
 from nowcast.products.atomic import check_writable, remove_stale, scratch_tag
 from nowcast.schema import data_variables, make_forecast, time_step, validate
 from nowcast.transforms import Transform, from_dict
-from nowcast.windows import gapless_starts, tile_origins
+
+if TYPE_CHECKING:  # torch is imported where a network runs: the baselines alone never load it
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
 #: Domains up to this many cells run whole; larger ones are tiled (all presets are fully convolutional).
 MAX_WHOLE_CELLS = 512 * 512
 TILE_BATCH = 8
+#: Tiled forecasts of more float32 bytes than this keep their leads in ``scratch`` files (:func:`forecast`).
+SCRATCH_BYTES = 64 * 2**20
 
 
 class MissingInputError(ValueError):
@@ -73,6 +82,8 @@ def input_times(reference_time: Any, t_in: int, step: pd.Timedelta) -> pd.Dateti
 
 def newest_complete_window(times: Sequence, t_in: int, step: pd.Timedelta) -> pd.Timestamp | None:
     """Latest time whose ``t_in`` frames ending there are all present (None if there is none)."""
+    from nowcast.windows import gapless_starts
+
     times = pd.DatetimeIndex(times)
     starts = gapless_starts(times, t_in, step)
     return times[starts[-1] + t_in - 1] if len(starts) else None
@@ -112,13 +123,28 @@ def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None) -> xr.Dataset:
     reference = issue_time(available, at, step)
     wanted = input_times(reference, t_in, step)
     present = wanted[wanted.isin(available)]
-    window = obs.sel(time=present).load()
+    window = _frames_at(obs, present)
     variable = data_variables(obs)[0]
     empty = window[variable].isnull().all([d for d in window[variable].dims if d != "time"]).values
     missing = wanted[~wanted.isin(present[~empty])]
     if len(missing):
         raise MissingInputError(reference, missing, t_in, step)
     return window
+
+
+def _frames_at(obs: xr.Dataset, times: pd.DatetimeIndex) -> xr.Dataset:
+    """``obs`` at ``times`` (all among its times), loaded with no second copy of the frames: ``obs``
+    itself when it holds just those times, else dask variables computed a frame at a time."""
+    if times.equals(pd.DatetimeIndex(obs["time"].values)):
+        return obs.copy(deep=False).load()
+    window = obs.sel(time=times)
+    for name in data_variables(window):
+        if window[name].chunks is not None:  # dask would stack the computed frames on a copy of them all
+            values = np.empty(window[name].shape, window[name].dtype)
+            for k in range(len(values)):
+                values[k] = window[name][k].values
+            window[name] = window[name].copy(data=values)
+    return window.load()
 
 
 def load_model(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu"
@@ -131,6 +157,8 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = 
         ``checkpoint`` (path), ``checkpoint_hash`` (SHA-256), ``epoch``,
         ``data`` (variable, time step, channels, patch) and ``config``.
     """
+    from nowcast import models
+
     path, state = load_run(run_dir_or_ckpt, map_location=device)
     spec = state["model"]
     try:
@@ -143,6 +171,35 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = 
     meta = {"preset": spec["name"], "checkpoint": str(path), "checkpoint_hash": file_hash(path),
             "epoch": state["epoch"], "data": dict(state["data"]), "config": dict(state["config"])}
     return model, from_dict(state["transform"]), meta
+
+
+class PlannedModel:
+    """A run folder or checkpoint known by its metadata (:func:`nowcast.checkpoint.read_metadata`);
+    :meth:`load` reads the weights on first use."""
+
+    def __init__(self, run_dir_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        self.source, self.device = Path(run_dir_or_ckpt), device
+        self.checkpoint, self.meta = read_metadata(run_dir_or_ckpt)
+        self._bundle: tuple[nn.Module, Transform, dict[str, Any]] | None = None
+
+    @property
+    def name(self) -> str:
+        """The preset (or family) name the checkpoint records."""
+        return str(self.meta["model"].get("name"))
+
+    @property
+    def t_in(self) -> int:
+        return int(self.meta["model"].get("config", {}).get("t_in") or self.load()[0].t_in)
+
+    @property
+    def t_out(self) -> int:
+        return int(self.meta["model"].get("config", {}).get("t_out") or self.load()[0].t_out)
+
+    def load(self) -> tuple[nn.Module, Transform, dict[str, Any]]:
+        """:func:`load_model`'s bundle, loaded once."""
+        if self._bundle is None:
+            self._bundle = load_model(self.source, self.device)
+        return self._bundle
 
 
 def _check_compatible(obs: xr.Dataset, meta: dict[str, Any]) -> str:
@@ -167,6 +224,7 @@ def forecast(
     device: str | torch.device = "cpu",
     tile: int | None = None,
     overlap: int | None = None,
+    scratch: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """A deterministic forecast issued at ``at`` (default: the last observation time).
 
@@ -185,6 +243,11 @@ def forecast(
             patch learned the patch border and misbehaves on larger inputs),
             else the whole domain up to :data:`MAX_WHOLE_CELLS` cells.
         overlap: cells shared by neighbouring tiles (default ``tile // 4``).
+        scratch: a folder for the leads of a tiled forecast in the Eulerian
+            frame larger than :data:`SCRATCH_BYTES`: they are written there a
+            band of rows at a time and the forecast reads them back a lead at a
+            time (dask), so they are never all in memory; the files must
+            outlive the forecast's use.
 
     Returns:
         forecast dataset (``source`` = preset name, attrs ``checkpoint_hash``,
@@ -216,7 +279,11 @@ def forecast(
     lagrangian.check_frame(frame, variable)
     reference = pd.Timestamp(window["time"].values[-1])
     options = dict(device=device, tile=tile, overlap=overlap)
-    if frame == "anomaly":
+    streamed = tile is not None and frame == "eulerian" and 4 * n_leads * frames[0].size > SCRATCH_BYTES
+    if scratch is not None and streamed:
+        blocks = predict_rows(model, transform, frames, n_leads, **options)
+        fields = _leads_on_disk(blocks, (n_leads,) + frames.shape[1:], scratch)
+    elif frame == "anomaly":
         valid = reference + np.arange(1, n_leads + 1) * time_step(obs)
         fields = anomaly.predict(model, transform, frames, anomaly.climatology_of(obs, window["time"].values),
                                  anomaly.climatology_of(obs, valid), **options)
@@ -231,67 +298,139 @@ def forecast(
                          source=str(meta.get("preset") or model.preset or model.family), attrs=attrs)
 
 
-@torch.no_grad()
 def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads: int, *,
             device: str | torch.device = "cpu", tile: int | None = None, overlap: int | None = None) -> np.ndarray:
-    """Physical ``[T_in, C, H, W]`` → physical ``[n_leads, C, H, W]`` through ``model``.
+    """Physical ``[T_in, C, H, W]`` → physical ``[n_leads, C, H, W]`` (float32) through ``model``.
 
     The scaled input is edge-padded only up to the model's ``size_multiple``
     (:func:`nowcast.models.run_padded`, as in training); with ``tile`` set the
     model runs on overlapping tiles whose outputs are averaged with weights
     that taper linearly over the overlap (no seams). Cells that are NaN (no
     coverage) in any input frame are NaN in every lead: the network saw a
-    made-up 0 there, so its output is no forecast.
+    made-up 0 there, so its output is no forecast. The leads are filled a band
+    of rows at a time (:func:`predict_rows`).
     """
-    fields = transform.inverse(predict_scaled(model, transform.forward(frames), n_leads, device=device, tile=tile,
-                                              overlap=overlap))
-    fields[:, np.isnan(frames).any(axis=0)] = np.nan
+    _, channels, height, width = frames.shape
+    fields = np.empty((n_leads, channels, height, width), dtype="f4")
+    for rows, block in predict_rows(model, transform, frames, n_leads, device=device, tile=tile, overlap=overlap):
+        fields[:, :, rows] = block
     return fields
 
 
-@torch.no_grad()
-def predict_scaled(model: nn.Module, scaled: np.ndarray, n_leads: int, *, device: str | torch.device = "cpu",
-                   tile: int | None = None, overlap: int | None = None) -> np.ndarray:
-    """Scaled ``[T_in, C, H, W]`` → scaled ``[n_leads, C, H, W]`` (float32; padding and tiles as :func:`predict`)."""
-    _, _, height, width = scaled.shape
+def predict_rows(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads: int, *,
+                 device: str | torch.device = "cpu", tile: int | None = None, overlap: int | None = None
+                 ) -> Iterator[tuple[slice, np.ndarray]]:
+    """:func:`predict`'s leads as ``(rows, [n_leads, C, len(rows), W])`` blocks, top to bottom.
+
+    Tiled, a band of rows is yielded as soon as no later tile overlaps it, so
+    the blended sums in memory span about two tiles' rows, not the domain.
+    """
+    import torch
+
+    from nowcast import models
+
+    _, channels, height, width = frames.shape
     multiple = model.size_multiple
-    x = torch.from_numpy(np.ascontiguousarray(scaled, dtype="f4"))[None].to(device)
+    gaps = np.isnan(frames).any(axis=0)
     model.eval()
     if tile is None:
-        y = models.run_padded(model, x, multiple, n_leads)[0]
+        x = torch.from_numpy(transform.forward(frames))[None].to(device)
+        with torch.no_grad():
+            blocks: Iterable[tuple[int, torch.Tensor]] = [(0, models.run_padded(model, x, multiple, n_leads)[0])]
     else:
-        y = _tiled(model, models.pad_to_multiple(x, multiple), n_leads, tile, overlap,
-                   multiple)[..., :height, :width]
-    return y.float().cpu().numpy()
+        padded = (channels, -(-height // multiple) * multiple, -(-width // multiple) * multiple)
+
+        def scaled(first: int, stop: int) -> torch.Tensor:
+            """Rows ``first .. stop`` of the scaled input edge-padded as :func:`nowcast.models.pad_to_multiple`
+            pads it: ``[1, T, C, rows, W']``."""
+            rows = frames[:, :, np.minimum(np.arange(first, stop), height - 1)]
+            rows = rows[..., np.minimum(np.arange(padded[2]), width - 1)] if padded[2] > width else rows
+            return torch.from_numpy(transform.forward(rows))[None].to(device)
+
+        blocks = _tiled_rows(model, scaled, padded, n_leads, tile, overlap, multiple)
+    for start, y in blocks:
+        rows = slice(start, min(start + y.shape[-2], height))
+        if rows.stop > rows.start:
+            fields = transform.inverse(y[..., :rows.stop - start, :width].float().cpu().numpy())
+            fields[:, gaps[:, rows]] = np.nan
+            yield rows, fields
 
 
-def _tiled(model: nn.Module, x: torch.Tensor, n_leads: int, tile: int, overlap: int | None,
-           multiple: int) -> torch.Tensor:
-    """Run ``model`` on overlapping tiles (``tile`` rounded up to ``multiple``) of ``x: [1, T, C, H, W]``
-    and blend them."""
-    _, _, c, h, w = x.shape
+def _tiled_rows(model: nn.Module, scaled: Callable[[int, int], torch.Tensor], shape: tuple[int, int, int],
+                n_leads: int, tile: int, overlap: int | None, multiple: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Run ``model`` on overlapping tiles (``tile`` rounded up to ``multiple``) of an input of ``shape``
+    ``(C, H, W)`` whose rows ``scaled(first, stop)`` gives as ``[1, T, C, rows, W]``, :data:`TILE_BATCH`
+    tiles at a time in row order, and blend them: ``(first row, [n_leads, C, rows, W])`` blocks, each
+    yielded once no later tile reaches its rows. Input rows are scaled once per row of tiles."""
+    import torch
+
+    from nowcast.windows import tile_origins
+
+    c, h, w = shape
     tile = int(math.ceil(tile / multiple) * multiple)
     th, tw = min(tile, h), min(tile, w)
     overlap = tile // 4 if overlap is None else int(overlap)
     if not 0 <= overlap < min(th, tw):
         raise ValueError(f"overlap {overlap} must be >= 0 and smaller than the tile ({th} x {tw})")
     origins = [(y0, x0) for y0 in tile_origins(h, th, th - overlap) for x0 in tile_origins(w, tw, tw - overlap)]
-    weight = torch.outer(_taper(th, overlap), _taper(tw, overlap)).to(x.device)
-    total = x.new_zeros((n_leads, c, h, w))
-    norm = x.new_zeros((h, w))
+    weight = torch.outer(_taper(th, overlap), _taper(tw, overlap))
+    inputs: dict[int, torch.Tensor] = {}  # the scaled rows of each row of tiles under way
+    first = 0  # the sums below hold rows first .. first + len
+    total = norm = None
     for i in range(0, len(origins), TILE_BATCH):
         batch = origins[i:i + TILE_BATCH]
-        tiles = torch.cat([x[:, :, :, y0:y0 + th, x0:x0 + tw] for y0, x0 in batch])
-        out = model(tiles, t_out=n_leads).float()
-        for (y0, x0), y in zip(batch, out):
-            total[..., y0:y0 + th, x0:x0 + tw] += y * weight
-            norm[y0:y0 + th, x0:x0 + tw] += weight
+        for y0 in sorted({y0 for y0, _ in batch} - inputs.keys()):
+            inputs[y0] = scaled(y0, y0 + th)
+        if total is None:
+            x = inputs[0]
+            weight = weight.to(x.device)
+            total, norm = x.new_zeros((n_leads, c, 0, w)), x.new_zeros((0, w))
+        grow = batch[-1][0] + th - first - norm.shape[0]
+        if grow > 0:
+            total = torch.cat([total, total.new_zeros((n_leads, c, grow, w))], dim=-2)
+            norm = torch.cat([norm, norm.new_zeros((grow, w))])
+        with torch.no_grad():  # not around the yield below: the caller keeps its own grad mode
+            tiles = torch.cat([inputs[y0][..., x0:x0 + tw] for y0, x0 in batch])
+            out = model(tiles, t_out=n_leads).float()
+            for (y0, x0), y in zip(batch, out):
+                total[..., y0 - first:y0 - first + th, x0:x0 + tw] += y * weight
+                norm[y0 - first:y0 - first + th, x0:x0 + tw] += weight
+        done = origins[i + TILE_BATCH][0] if i + TILE_BATCH < len(origins) else h
+        for y0 in [y0 for y0 in inputs if y0 < done]:
+            del inputs[y0]
+        if done > first:
+            yield first, total[..., :done - first, :] / norm[:done - first]
+            total, norm, first = total[..., done - first:, :], norm[done - first:], done
     log.debug("blended %d tiles of %d x %d (overlap %d)", len(origins), th, tw, overlap)
-    return total / norm
+
+
+def _leads_on_disk(blocks: Iterable[tuple[slice, np.ndarray]], shape: tuple[int, ...], folder: str | os.PathLike):
+    """:func:`predict_rows`' blocks written into a float32 file in ``folder``, lead after lead, and read back
+    as a dask array ``shape`` ``(n_leads, C, H, W)`` chunked one lead at a time."""
+    import dask
+    import dask.array as da
+
+    n_leads, channels, height, width = shape
+    handle, name = tempfile.mkstemp(suffix=".f4", dir=folder)
+    with os.fdopen(handle, "wb") as f:
+        f.truncate(4 * n_leads * channels * height * width)
+        for rows, block in blocks:
+            for lead, channel in np.ndindex(n_leads, channels):
+                f.seek(4 * ((lead * channels + channel) * height + rows.start) * width)
+                f.write(block[lead, channel])
+    read = dask.delayed(_read_lead, pure=True)
+    return da.stack([da.from_delayed(read(name, lead, shape[1:]), shape[1:], np.float32) for lead in range(n_leads)])
+
+
+def _read_lead(path: str, lead: int, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape))
+    return np.fromfile(path, dtype="f4", count=count, offset=4 * lead * count).reshape(shape)
 
 
 def _taper(n: int, overlap: int) -> torch.Tensor:
     """1-D blending weights: rising linearly over ``overlap`` cells at each end, 1 inside, never 0."""
+    import torch
+
     ramp = torch.ones(n)
     if overlap:
         edge = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
@@ -305,7 +444,14 @@ BASELINE_FRAMES = {"persistence": 1, "lagrangian": 3, "historical_average": 1}
 #: Lead times issued when no model sets them: an hour of 5-min frames.
 DEFAULT_LEADS = 12
 
-Model = str | os.PathLike | tuple[nn.Module, Transform, dict[str, Any]]
+if TYPE_CHECKING:
+    Model = str | os.PathLike | tuple[nn.Module, Transform, dict[str, Any]] | PlannedModel
+
+
+def input_window(obs: xr.Dataset, reference: Any, n_frames: int) -> xr.Dataset:
+    """The frames of ``obs`` among the ``n_frames`` ending at ``reference``, loaded (read once for every method)."""
+    wanted = input_times(reference, n_frames, time_step(obs))
+    return _frames_at(obs, wanted[wanted.isin(pd.DatetimeIndex(obs["time"].values))])
 
 
 def forecast_with_baselines(
@@ -317,6 +463,7 @@ def forecast_with_baselines(
     device: str | torch.device = "cpu",
     include_baselines: bool = True,
     skipped: dict[str, str] | None = None,
+    scratch: str | os.PathLike | None = None,
 ) -> dict[str, xr.Dataset]:
     """Forecasts of every model plus the baselines, all issued at :func:`issue_time` of ``at``.
 
@@ -326,12 +473,17 @@ def forecast_with_baselines(
     reaches back far enough).
 
     Args:
-        models: run folders, checkpoint files or :func:`load_model` bundles.
+        models: run folders, checkpoint files, :class:`PlannedModel` or :func:`load_model` bundles; a
+            network is loaded only when its input frames are complete.
         skipped: when given, a method whose input frames are incomplete is
             left out and recorded here (name → reason) while the others are
             still issued; otherwise :class:`MissingInputError` propagates.
+        scratch: where tiled model forecasts keep their leads (:func:`forecast`).
     """
     reference = issue_time(obs["time"].values, at, time_step(obs))
+    models = [m if isinstance(m, (tuple, PlannedModel)) else PlannedModel(m, device) for m in models]
+    t_ins = [m.t_in if isinstance(m, PlannedModel) else m[0].t_in for m in models]
+    window = input_window(obs, reference, max(t_ins + [BASELINE_FRAMES["lagrangian"]]))
     out: dict[str, xr.Dataset] = {}
 
     def missing(name: str, err: MissingInputError, t_in: int) -> None:
@@ -341,15 +493,19 @@ def forecast_with_baselines(
         skipped[name] = f"{err}" + (f" (the newest complete window ends at {newest:%Y-%m-%d %H:%M})"
                                     if newest is not None else " (the archive holds no complete window)")
 
-    for model in models:
-        bundle = model if isinstance(model, tuple) else load_model(model, device)
-        name = bundle[2].get("preset") or bundle[0].preset
+    for model, t_in in zip(models, t_ins):
+        if isinstance(model, PlannedModel):
+            name, checkpoint = model.name, model.checkpoint
+        else:
+            name, checkpoint = model[2].get("preset") or model[0].preset, model[2].get("checkpoint")
         if name in out or name in (skipped or {}):
-            name = Path(bundle[2]["checkpoint"]).parent.name
+            name = Path(checkpoint).parent.name
         try:
-            out[name] = forecast(obs, bundle, at=reference, n_leads=n_leads, device=device)
+            select_inputs(window, t_in, reference)
+            bundle = model.load() if isinstance(model, PlannedModel) else model
+            out[name] = forecast(window, bundle, at=reference, n_leads=n_leads, device=device, scratch=scratch)
         except MissingInputError as err:
-            missing(name, err, bundle[0].t_in)
+            missing(name, err, t_in)
     if not include_baselines:
         return out
     rain = data_variables(obs)[0] in baselines.RAIN_VARIABLES
@@ -358,8 +514,8 @@ def forecast_with_baselines(
                    else {"historical_average": baselines.historical_average})
     for name, method in methods.items():
         try:
-            select_inputs(obs, BASELINE_FRAMES[name], reference)
-            out[name] = method(obs, n_leads, at=reference)
+            select_inputs(window, BASELINE_FRAMES[name], reference)
+            out[name] = method(obs if name == "historical_average" else window, n_leads, at=reference)
         except MissingInputError as err:
             missing(name, err, BASELINE_FRAMES[name])
         except ValueError as err:  # the historical average without enough history
@@ -482,7 +638,9 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
                    overwrite: bool = False, extra: dict[str, Any] | None = None) -> list[Issue]:
     """Issue nowcasts at every requested time (:func:`issue_times`) into ``out_dir/<issue time>/``.
 
-    The archive is opened and every model loaded once. Per issue time, a
+    The archive is opened once (its lat/lon read once); the models are
+    planned from their checkpoints' metadata and each network is loaded once,
+    when its first forecast is computed. Per issue time, a
     method whose input window is incomplete is skipped and named (the others,
     e.g. the baselines with their shorter windows, are still issued); the
     time is skipped when no method can be issued or its folder already exists
@@ -494,9 +652,10 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
     from nowcast.archive import open_archive
 
     check_writable(out_dir)  # before loading and computing anything
-    obs = open_archive(store)
-    bundles = [load_model(model, device) for model in models]
-    n_leads = int(n_leads or max((b[0].t_out for b in bundles), default=DEFAULT_LEADS))
+    obs = open_archive(store, chunks=None)  # lazily indexed: a window reads its frames' chunks only
+    obs = obs.assign_coords({name: obs[name].load() for name in ("lat", "lon")})
+    planned = [PlannedModel(model, device) for model in models]
+    n_leads = int(n_leads or max((m.t_out for m in planned), default=DEFAULT_LEADS))
     issues = []
     for reference in issue_times(obs["time"].values, time_step(obs), at=at, start=start, end=end, every=every):
         folder = Path(out_dir) / issue_folder_name(reference)
@@ -505,21 +664,30 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
             issues.append(Issue(reference, folder, [], {}, f"products issued at {reference:%Y-%m-%d %H:%M} "
                                                            f"already exist in {folder}"))
             continue
-        skipped: dict[str, str] = {}
-        forecasts = forecast_with_baselines(obs, bundles, at=reference, n_leads=n_leads, device=device,
-                                            include_baselines=include_baselines, skipped=skipped)
-        if missing_before and not set(missing_before) & set(forecasts):
-            issues.append(Issue(reference, folder, [], skipped, f"products issued at {reference:%Y-%m-%d %H:%M} "
-                                f"exist in {folder}; {', '.join(missing_before)} still cannot be issued"))
-            continue
-        if not forecasts:
-            issues.append(Issue(reference, folder, [], skipped, f"{store}: " + "; ".join(
-                f"{name}: {why}" for name, why in skipped.items()) if skipped else "no method to issue"))
-            continue
-        # A folder whose methods were skipped (a late frame has since filled the window) is replaced whole.
-        write_products(forecasts, folder, formats=formats, overwrite=overwrite or bool(missing_before),
-                       extra={**(extra or {}), "reference_time": str(reference), "skipped": skipped})
-        for name, why in skipped.items():
-            log.warning("%s not issued at %s: %s", name, reference, why)
-        issues.append(Issue(reference, folder, list(forecasts), skipped))
+        with tempfile.TemporaryDirectory(prefix=".scratch-", suffix=f"-{scratch_tag()}", dir=out_dir) as scratch:
+            issues.append(_issue(obs, planned, reference, folder, missing_before, scratch, store=store,
+                                 n_leads=n_leads, include_baselines=include_baselines, formats=formats,
+                                 device=device, overwrite=overwrite, extra=extra))
     return issues
+
+
+def _issue(obs: xr.Dataset, planned: list[PlannedModel], reference: pd.Timestamp, folder: Path,
+           missing_before: list[str] | None, scratch: str, *, store: str | os.PathLike, n_leads: int,
+           include_baselines: bool, formats: Sequence[str], device: str | torch.device, overwrite: bool,
+           extra: dict[str, Any] | None) -> Issue:
+    """One issue time of :func:`issue_nowcasts`, tiled model leads kept in ``scratch`` until written."""
+    skipped: dict[str, str] = {}
+    forecasts = forecast_with_baselines(obs, planned, at=reference, n_leads=n_leads, device=device,
+                                        include_baselines=include_baselines, skipped=skipped, scratch=scratch)
+    if missing_before and not set(missing_before) & set(forecasts):
+        return Issue(reference, folder, [], skipped, f"products issued at {reference:%Y-%m-%d %H:%M} "
+                     f"exist in {folder}; {', '.join(missing_before)} still cannot be issued")
+    if not forecasts:
+        return Issue(reference, folder, [], skipped, f"{store}: " + "; ".join(
+            f"{name}: {why}" for name, why in skipped.items()) if skipped else "no method to issue")
+    # A folder whose methods were skipped (a late frame has since filled the window) is replaced whole.
+    write_products(forecasts, folder, formats=formats, overwrite=overwrite or bool(missing_before),
+                   extra={**(extra or {}), "reference_time": str(reference), "skipped": skipped})
+    for name, why in skipped.items():
+        log.warning("%s not issued at %s: %s", name, reference, why)
+    return Issue(reference, folder, list(forecasts), skipped)

@@ -40,7 +40,6 @@ import xarray as xr
 import zarr
 
 from nowcast import anomaly, archive, baselines
-from nowcast.models.base import FRAMES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -65,6 +64,8 @@ IN_MEMORY_BYTES = 1 << 30
 def check_frame(frame: str, variable: str) -> None:
     """Refuse an unknown ``frame``, the Lagrangian frame for a variable that is not advected and
     the anomaly frame for one without a weekly cycle."""
+    from nowcast.models.base import FRAMES
+
     if frame not in FRAMES:
         raise ValueError(f"unknown frame {frame!r}; choose one of {list(FRAMES)}")
     if frame == "anomaly":

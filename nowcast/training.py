@@ -7,6 +7,7 @@ dataset) and writes a run folder::
     RUN_DIR/last.pt        checkpoint after every epoch and every ``checkpoint_every`` steps
                            (``resume=True`` continues from it)
     RUN_DIR/best.pt        checkpoint with the lowest validation loss (used for forecasting)
+    RUN_DIR/*.meta.json    each checkpoint's metadata, read to plan forecasts without the weights
     RUN_DIR/metrics.csv    one row per epoch (also metrics.json; TensorBoard optional)
 
 With ``frame="lagrangian"`` the model learns in the Lagrangian frame

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nowcast import baselines
 from nowcast.baselines import estimate_motion, historical_average, lagrangian_extrapolation, persistence
 from nowcast.schema import make_dataset, validate
 from nowcast.synthetic import synthetic_radar, synthetic_traffic
@@ -65,6 +66,43 @@ def test_lagrangian_beats_persistence_at_30_min(radar):
     lag_mae = mae(rain[5], truth[5])
     pers_mae = mae(eulerian["rainrate"].values[5], truth[5])
     assert lag_mae < 0.8 * pers_mae, (lag_mae, pers_mae)
+
+
+def _pysteps_extrapolation(frames: np.ndarray, n_leads: int, backward: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Motion and leads as the plain pysteps calls give them (dBR, LK, chained one-step advection)."""
+    from pysteps import motion
+    from pysteps.extrapolation.semilagrangian import extrapolate
+    from pysteps.utils.transformation import dB_transform
+
+    dbr = dB_transform(frames.astype("f8"), threshold=0.1, zerovalue=-15.0)[0]
+    velocity = motion.get_method("LK")(dbr)
+    displacement, leads = None, []
+    for _ in range(n_leads):
+        warped, displacement = extrapolate(dbr[-1], -velocity if backward else velocity, 1, outval=np.nan,
+                                           allow_nonfinite_values=True, displacement_prev=displacement,
+                                           return_displacement=True)
+        leads.append(warped[0])
+    leads = np.array(leads)
+    with np.errstate(invalid="ignore"):
+        rates = np.where(leads >= -10.0, 10.0 ** (leads / 10.0), 0.0)
+    rates[~np.isfinite(leads)] = np.nan
+    return velocity, rates.astype("f4")
+
+
+@pytest.mark.parametrize("band_rows,chunk_cells", [(128, 2**17), (7, 700)])
+def test_banded_chunked_extrapolation_equals_the_pysteps_calls(radar, monkeypatch, band_rows, chunk_cells):
+    """Bands and chunks (forced small on this 256 x 256 grid) leave every value as pysteps computes it."""
+    monkeypatch.setattr(baselines, "BAND_ROWS", band_rows)
+    monkeypatch.setattr(baselines, "INTERP_CHUNK_CELLS", chunk_cells)
+    obs = radar.isel(time=slice(10, 13)).load()
+    obs["rainrate"][:, :40, :] = np.nan  # no coverage: the north of the domain and a hole
+    obs["rainrate"][:, 100:120, 30:90] = np.nan
+    velocity, expected = _pysteps_extrapolation(obs["rainrate"].values, 7)
+    np.testing.assert_array_equal(baselines.motion_field(obs["rainrate"].values), velocity)
+    np.testing.assert_array_equal(lagrangian_extrapolation(obs, 7)["rainrate"].values, expected)
+    frames = np.repeat(obs["rainrate"].values[-1:], 5, axis=0)
+    _, back = _pysteps_extrapolation(obs["rainrate"].values, 5, backward=True)
+    np.testing.assert_array_equal(baselines.advect(frames, velocity, backward=True), back)
 
 
 def test_motion_matches_the_generator(radar):

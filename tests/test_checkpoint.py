@@ -1,7 +1,9 @@
-"""Checkpoints: content digest checked at load, a corrupt best.pt falls back to last.pt, mismatches named."""
+"""Checkpoints: content digest checked at load, a corrupt best.pt falls back to last.pt, mismatches named,
+metadata read without the weights."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -9,7 +11,8 @@ import pytest
 import torch
 
 from nowcast import models
-from nowcast.checkpoint import BEST, LAST, CheckpointError, load_checkpoint, load_run, save_checkpoint
+from nowcast.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, load_run, metadata, metadata_path,
+                                read_metadata, save_checkpoint)
 from nowcast.forecast import load_model
 from nowcast.transforms import make
 
@@ -68,3 +71,32 @@ def test_preset_config_and_weights_that_disagree_are_named(tmp_path):
     save_checkpoint(state, tmp_path / BEST)
     with pytest.raises(CheckpointError, match=r"best\.pt: its model 'tau-tiny', configuration and weights do not"):
         load_model(tmp_path)
+
+
+def test_metadata_comes_from_the_sidecar_without_reading_the_checkpoint(tmp_path, monkeypatch):
+    state = _state()
+    save_checkpoint(state, tmp_path / BEST)
+    assert metadata_path(tmp_path / BEST) == tmp_path / "best.meta.json"
+    expected = json.loads(json.dumps(metadata({"format": "nowcast-checkpoint-v1", **state})))
+    assert "state" not in expected["model"] and expected["model"]["config"]["t_in"] == 8
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("torch.load called")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    assert read_metadata(tmp_path) == (tmp_path / BEST, expected)
+
+
+def test_metadata_without_a_matching_sidecar_is_read_from_the_checkpoint_memory_mapped(tmp_path, monkeypatch):
+    state = _state()
+    path = save_checkpoint(state, tmp_path / LAST)
+    expected = read_metadata(path)[1]
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw) or real(*a, **kw))
+    metadata_path(path).unlink()  # a run saved before sidecars
+    assert read_metadata(tmp_path) == (path, expected)
+    assert loads == [{"map_location": "cpu", "weights_only": True, "mmap": True}]
+    save_checkpoint(_state(seed=1) | {"epoch": 7}, tmp_path / "other.pt")
+    metadata_path(tmp_path / "other.pt").rename(metadata_path(path))  # a stale sidecar: another file's
+    assert read_metadata(path)[1] == expected and len(loads) == 2

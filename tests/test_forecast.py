@@ -4,6 +4,8 @@ traffic, all-or-nothing products and the command line (tiny presets, CPU)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,10 +18,12 @@ from nowcast import archive, models
 from nowcast import forecast as fc
 from nowcast.checkpoint import file_hash
 from nowcast.cli import app
+from nowcast.products import open_cf_netcdf
 from nowcast.schema import crs_of, validate
 from nowcast.synthetic import synthetic_radar, synthetic_traffic
 from nowcast.training import train
 from nowcast.transforms import DBR, Identity
+from nowcast.windows import tile_origins
 
 pytestmark = pytest.mark.xdist_group("forecast")
 ISSUE = pd.Timestamp("2024-06-01T16:00")  # frame 48 of the synthetic archive
@@ -119,6 +123,38 @@ def test_tiles_blend_to_the_whole_domain_result(monkeypatch):
     assert model.shapes[0][-2:] == (72, 72) and len(model.shapes) == 1  # no training patch: 256 ≥ domain
     fc.forecast(obs, (model, Identity(), {"data": {"patch": [48, 48]}}), n_leads=1)
     assert model.shapes[-1][-2:] == (48, 48)
+
+
+def test_tiled_forecast_is_the_blend_of_tiles_of_the_padded_input_band_by_band(tmp_path, monkeypatch):
+    """Rows come out as soon as they are final, the input is scaled a row of tiles at a time, and large
+    leads go through scratch files: the values are those of blending every tile of the whole input."""
+    torch.manual_seed(0)
+    model = models.build("stlight-tiny").eval()
+    obs = synthetic_radar(model.t_in, size=72, seed=5).isel(y=slice(0, 70), x=slice(0, 65)).load()
+    obs["rainrate"][:, :6, :] = np.nan
+    frames = obs["rainrate"].values[:, None]
+    x = models.pad_to_multiple(torch.from_numpy(DBR().forward(frames))[None], model.size_multiple)
+    total, norm = torch.zeros((3, 1) + x.shape[-2:]), torch.zeros(x.shape[-2:])
+    weight = torch.outer(fc._taper(32, 8), fc._taper(32, 8))
+    origins = [(y0, x0) for y0 in tile_origins(72, 32, 24) for x0 in tile_origins(68, 32, 24)]
+    with torch.no_grad():
+        for i in range(0, len(origins), fc.TILE_BATCH):
+            batch = origins[i:i + fc.TILE_BATCH]
+            out = model(torch.cat([x[..., y0:y0 + 32, x0:x0 + 32] for y0, x0 in batch]), t_out=3)
+            for (y0, x0), y in zip(batch, out):
+                total[..., y0:y0 + 32, x0:x0 + 32] += y * weight
+                norm[y0:y0 + 32, x0:x0 + 32] += weight
+    expected = DBR().inverse((total / norm)[..., :70, :65].numpy())
+    expected[:, :, :6] = np.nan
+    bundle = (model, DBR(), {"preset": "stlight-tiny"})
+    np.testing.assert_array_equal(fc.predict(model, DBR(), frames, 3, tile=32, overlap=8), expected)
+    small = fc.forecast(obs, bundle, n_leads=3, tile=32, overlap=8, scratch=tmp_path)["rainrate"]
+    assert small.chunks is None and not list(tmp_path.iterdir())  # under SCRATCH_BYTES: in memory
+    monkeypatch.setattr(fc, "SCRATCH_BYTES", 0)
+    streamed = fc.forecast(obs, bundle, n_leads=3, tile=32, overlap=8, scratch=tmp_path)["rainrate"]
+    assert streamed.chunks[0] == (1, 1, 1) and len(list(tmp_path.glob("*.f4"))) == 1  # read a lead at a time
+    np.testing.assert_array_equal(streamed.values, expected[:, 0])
+    np.testing.assert_array_equal(small.values, expected[:, 0])
 
 
 @pytest.mark.parametrize("name", ["tau-tiny", "stlight-tiny", "mslstm-tiny"])
@@ -261,3 +297,44 @@ def test_issue_nowcasts_loads_each_model_once(store, run, tmp_path, monkeypatch)
     assert issues[1].methods == ["stlight-tiny", "persistence", "lagrangian"] and not issues[1].skipped
     again = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE], n_leads=2)
     assert not again[0].issued and "already exist" in again[0].reason
+
+
+def test_issue_nowcasts_plans_from_metadata_and_loads_weights_only_to_compute(store, run, tmp_path, monkeypatch):
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    early = fc.issue_nowcasts(store, [run], tmp_path, at=["2024-06-01T12:20"])  # the model's window is incomplete
+    assert loads == [] and list(early[0].skipped) == ["stlight-tiny"]
+    assert early[0].methods == ["persistence", "lagrangian"]
+    assert json.loads((early[0].folder / "manifest.json").read_text())["methods"]["persistence"]
+    issued = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE])
+    assert len(loads) == 1 and issued[0].methods == ["stlight-tiny", "persistence", "lagrangian"]
+    assert open_cf_netcdf(issued[0].folder / "stlight-tiny.nc").sizes["time"] == 4  # t_out, from the metadata
+    again = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE])
+    assert len(loads) == 1 and "already exist" in again[0].reason
+
+
+def test_issue_nowcasts_opens_the_archive_once(store, run, tmp_path, monkeypatch):
+    import xarray as xr
+    import zarr
+
+    opened = []
+    real_group, real_zarr = zarr.open_group, xr.open_zarr
+    monkeypatch.setattr(zarr, "open_group", lambda *a, **kw: opened.append("group") or real_group(*a, **kw))
+    monkeypatch.setattr(xr, "open_zarr", lambda *a, **kw: opened.append("xarray") or real_zarr(*a, **kw))
+    issues = fc.issue_nowcasts(store, [run], tmp_path, at=[ISSUE - pd.Timedelta("5min"), ISSUE], n_leads=2)
+    assert [len(i.methods) for i in issues] == [3, 3]
+    assert opened == ["xarray", "group"]  # xarray opens the Zarr group once, and only that
+
+
+def test_a_model_forecast_imports_no_pysteps_and_the_baselines_no_torch(store, run, tmp_path):
+    """Neither library is imported where it is not used (bench/forecast.py times pysteps' import)."""
+    for models, baselines, absent, written in (([str(run)], False, "pysteps", ["stlight-tiny.nc"]),
+                                               ([], True, "torch", ["lagrangian.nc", "persistence.nc"])):
+        out = tmp_path / absent
+        code = ("import sys; from nowcast import forecast as fc; "
+                f"fc.issue_nowcasts({str(store)!r}, {models!r}, {str(out)!r}, n_leads=1, "
+                f"include_baselines={baselines}, formats=['netcdf']); assert {absent!r} not in sys.modules")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert sorted(p.name for p in out.glob("*/*.nc")) == written

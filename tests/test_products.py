@@ -434,3 +434,15 @@ def test_leftovers_of_a_killed_product_writer_are_removed_by_the_next_one(tmp_pa
                    formats=["netcdf"])
     assert not killed.exists() and alive.exists()
     assert (tmp_path / "20240601T1210Z" / "stlight-small.nc").is_file()
+
+
+def test_bands_are_north_up_and_east_going_whatever_the_grid_order():
+    from nowcast.products.fields import to_bands
+
+    fc = synthetic_traffic(2, seed=3).isel(time=slice(0, 1))
+    reversed_grid = fc.isel(y=slice(None, None, -1), x=slice(None, None, -1))
+    sorted_bands, reversed_bands = to_bands(fc, fc["crowd_flow"]), to_bands(reversed_grid, reversed_grid["crowd_flow"])
+    assert sorted_bands.y[0] > sorted_bands.y[-1] and sorted_bands.x[0] < sorted_bands.x[-1]
+    for a, b in ((sorted_bands.values, reversed_bands.values), (sorted_bands.x, reversed_bands.x),
+                 (sorted_bands.y, reversed_bands.y)):
+        np.testing.assert_array_equal(a, b)

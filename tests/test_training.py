@@ -47,8 +47,8 @@ def full_run(store, tmp_path_factory):
 
 def test_run_folder_and_checkpoint(full_run, store):
     run = full_run.run_dir
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv",
-                                                    "metrics.json"]  # no temporary files left
+    assert sorted(p.name for p in run.iterdir()) == ["best.meta.json", "best.pt", "config.json", "last.meta.json",
+                                                    "last.pt", "metrics.csv", "metrics.json"]  # no temporary files
     state = load_checkpoint(run / "last.pt")  # torch.load(weights_only=True) inside
     assert state["epoch"] == 3 and state["step"] == 12
     assert state["model"]["name"] == "tau-tiny" and state["model"]["config"]["t_in"] == 8

@@ -80,7 +80,10 @@ def to_bands(ds: xr.Dataset, var: xr.DataArray) -> Bands:
     ``ds`` is the dataset ``var`` came from (for lead times). Missing values
     stay NaN.
     """
-    var = var.sortby("x").sortby("y", ascending=False)
+    if not (np.diff(var["x"].values) > 0).all():
+        var = var.sortby("x")
+    if not (np.diff(var["y"].values) < 0).all():  # sorting a sorted grid would copy it and its lat/lon
+        var = var.sortby("y", ascending=False)
     stacked_dims = [d for d in var.dims if d not in ("y", "x")]
     values = var.transpose(*stacked_dims, "y", "x").values.astype("f4")
     values = values.reshape((-1,) + values.shape[-2:])

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -39,6 +40,8 @@ FILL_VALUE = np.float32(-9999.0)
 # Spatial chunk edge: a float32 chunk is at most 1024 x 1024 x 4 B = 4 MiB,
 # the size HDF5 handles well, while small grids keep one chunk per field.
 CHUNK_EDGE = 1024
+# Float32 bytes of the leads written at once (the size of the writer's temporary copies).
+WRITE_BLOCK_BYTES = 32 * 2**20
 TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 FLOW_LABEL = "flow_label"
 # CF's oblique_mercator has no attribute for the angle from the rectified to the skew grid (EPSG 8814),
@@ -84,12 +87,15 @@ def write_cf_netcdf(
         nowcast.schema.SchemaError: if ``forecast`` does not follow the data model.
     """
     validate(forecast)
+    # A few leads (one member) at a time, laid out, encoded and written in this thread: the float32 and
+    # fill-value copies stay small, and lazily read NetCDF inputs take the re-entrant lock held below.
+    forecast = forecast.assign({name: forecast[name].chunk(_write_chunks(forecast[name]))
+                                for name in data_variables(forecast) if 4 * forecast[name].size > WRITE_BLOCK_BYTES})
     ds = _cf_dataset(forecast, title=title, institution=institution, references=references,
                      checkpoint_hash=checkpoint_hash, comment=comment)
     encoding = _encoding(ds, complevel)
     path = Path(path)
-    ds = ds.load()  # dask tasks that read NetCDF would wait for the lock held below
-    with atomic_path(path) as tmp, NETCDF_LOCK:
+    with atomic_path(path) as tmp, NETCDF_LOCK, dask.config.set(scheduler="synchronous"):
         ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=encoding)
     log.info("wrote %s (%s, %d time steps)", path, ", ".join(data_variables(ds)), ds.sizes["time"])
     return path
@@ -176,6 +182,13 @@ def _cf_dataset(ds: xr.Dataset, *, title, institution, references, checkpoint_ha
     if notes:
         ds.attrs["comment"] = "\n".join(notes)
     return ds
+
+
+def _write_chunks(var: xr.DataArray) -> dict[str, int]:
+    """Leads per written block: as many as fit in :data:`WRITE_BLOCK_BYTES` (at least one), one member each."""
+    members = var.sizes.get("realization", 1)
+    lead_bytes = 4 * var.size // max(var.sizes["time"] * members, 1)
+    return {"time": max(1, WRITE_BLOCK_BYTES // max(lead_bytes, 1)), **({"realization": 1} if members > 1 else {})}
 
 
 def _cf_dims(dims: tuple[str, ...]) -> tuple[str, ...]:
