@@ -226,6 +226,18 @@ def test_mrms_png_decoder_equals_ecCodes(shared_data):
     assert np.array_equal(np.signbit(ours), np.signbit(eccodes))
 
 
+def test_knmi_chunk_inflated_by_zlib_equals_hdf5s_read(shared_data):
+    from nowcast.sources.knmi import _inflated
+
+    folder = (shared_data / FILES["knmi"]).parent
+    for name in ("RAD_NL25_RAP_5min_201008260000.h5", "RAD_NL25_RAP_5min_201008260735.h5"):
+        with h5py.File(folder / name, "r") as f:
+            image = f["image1/image_data"]
+            ours = _inflated(image)
+            np.testing.assert_array_equal(ours, image[...])
+            assert ours.dtype == image.dtype
+
+
 def test_frames_of_one_grid_share_its_coordinates(shared_data):
     from nowcast.sources.common import _grid
 
