@@ -17,7 +17,12 @@ as does one trained on anomalies from the weekly cycle (:func:`nowcast.anomaly.p
 :func:`issue_nowcasts` opens the archive once, plans every issue time from
 the checkpoints' metadata (:class:`PlannedModel`: input and output frames,
 no weights), loads a network only when one of its forecasts is computed,
-and reads each issue time's input frames once for every method.
+and reads each issue time's input frames once for every method. On large
+grids the tiles' blend comes out a band of rows at a time
+(:func:`predict_rows`) and a large tiled forecast keeps its leads in scratch
+files, written as the bands come and read back a lead at a time by the
+product writers, so its peak memory no longer holds the leads
+(``bench/big_grid.py``).
 """
 
 from __future__ import annotations
@@ -640,7 +645,9 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
 
     The archive is opened once (its lat/lon read once); the models are
     planned from their checkpoints' metadata and each network is loaded once,
-    when its first forecast is computed. Per issue time, a
+    when its first forecast is computed; large tiled forecasts keep their
+    leads in a hidden scratch folder in ``out_dir`` until their products are
+    written (:func:`forecast`'s ``scratch``). Per issue time, a
     method whose input window is incomplete is skipped and named (the others,
     e.g. the baselines with their shorter windows, are still issued); the
     time is skipped when no method can be issued or its folder already exists
