@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 DBR_ZERO = -15.0
 RAIN_VARIABLES = ("rainrate", "accumulation")
 #: Target cells per chunk of the Lucas-Kanade vectors' interpolation to the grid (its temporaries follow the chunk).
-INTERP_CHUNK_CELLS = 2**17
+#: On the OPERA grid 2**15 peaks 90 MB lower than 2**17 and runs no slower (13.6 vs 16.0 s, one core).
+INTERP_CHUNK_CELLS = 2**15
 #: Rows per band of the semi-Lagrangian advection.
 BAND_ROWS = 128
 
@@ -80,7 +81,8 @@ def persistence(obs: xr.Dataset, n_leads: int, *, at=None) -> xr.Dataset:
     i = _issue_index(obs, at)
     variable = data_variables(obs)[0]
     frame = obs[variable].isel(time=i).values
-    data = np.repeat(frame[np.newaxis], n_leads, axis=0)
+    # A read-only view of the one frame, not n_leads copies (200 MB on the OPERA grid).
+    data = np.broadcast_to(frame, (n_leads,) + frame.shape)
     return make_forecast(data, like=obs, reference_time=obs["time"].values[i], variable=variable,
                          source="persistence")
 
