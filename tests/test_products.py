@@ -7,6 +7,7 @@ Mercator, FMI UTM, MRMS lat/lon), on ensembles and on traffic forecasts.
 
 import json
 import socket
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -201,6 +202,28 @@ def test_netcdf_metadata_compression_and_chunks(tmp_path):
             assert "_FillValue" not in nc[name].ncattrs(), name
         missing = rain[0, 0, :2, :3]
         assert np.ma.getmaskarray(missing).all()
+
+
+def test_netcdf_written_in_blocks_equals_one_write_and_copies_no_forecast(tmp_path, monkeypatch):
+    """A forecast over WRITE_BLOCK_BYTES goes out a few leads at a time, sliced straight from its array:
+    dask's from_array would copy it first (of persistence's read-only broadcast view, 12 whole fields)."""
+    from nowcast.products import netcdf
+
+    forecast = rain_forecast("fmi-stere-sphere", members=1, leads=4).isel(realization=0, drop=True)
+    whole = write_cf_netcdf(forecast, tmp_path / "whole.nc")
+    first = forecast["rainrate"].values[:1]
+    view = forecast.copy(data={"rainrate": np.broadcast_to(first, (4, 24, 32))})
+    monkeypatch.setattr(netcdf, "WRITE_BLOCK_BYTES", 2 * 4 * 24 * 32)  # two leads a block
+    blocks = netcdf._in_blocks(view["rainrate"], netcdf._write_chunks(view["rainrate"]))
+    assert blocks.chunks[0] == (2, 2)
+    big = xr.DataArray(np.broadcast_to(np.ones((1024, 1024), "f4"), (4, 1024, 1024)), dims=("time", "y", "x"))
+    tracemalloc.start()
+    netcdf._in_blocks(big, {"time": 1})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20  # the blocks of a 16 MiB forecast cost no copy of it
+    written = open_cf_netcdf(write_cf_netcdf(view, tmp_path / "blocks.nc"))
+    np.testing.assert_array_equal(written["rainrate"].values, open_cf_netcdf(whole)["rainrate"].values[:1].repeat(4, 0))
 
 
 def test_traffic_netcdf_keeps_flow_labels(traffic_forecast, tmp_path):

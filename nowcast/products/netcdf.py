@@ -17,11 +17,12 @@ undoes all three.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import dask
 import numpy as np
@@ -42,6 +43,9 @@ FILL_VALUE = np.float32(-9999.0)
 CHUNK_EDGE = 1024
 # Float32 bytes of the leads written at once (the size of the writer's temporary copies).
 WRITE_BLOCK_BYTES = 32 * 2**20
+#: netCDF-C's chunk cache per variable while writing (its default: 64 MiB each, so 190 MiB for rain, lat and
+#: lon on the OPERA grid). Every chunk is written whole by one block, so four chunks of CHUNK_EDGE^2 suffice.
+WRITE_CACHE_BYTES = 4 * 4 * CHUNK_EDGE**2
 TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 FLOW_LABEL = "flow_label"
 # CF's oblique_mercator has no attribute for the angle from the rectified to the skew grid (EPSG 8814),
@@ -89,16 +93,30 @@ def write_cf_netcdf(
     validate(forecast)
     # A few leads (one member) at a time, laid out, encoded and written in this thread: the float32 and
     # fill-value copies stay small, and lazily read NetCDF inputs take the re-entrant lock held below.
-    forecast = forecast.assign({name: forecast[name].chunk(_write_chunks(forecast[name]))
+    forecast = forecast.assign({name: _in_blocks(forecast[name], _write_chunks(forecast[name]))
                                 for name in data_variables(forecast) if 4 * forecast[name].size > WRITE_BLOCK_BYTES})
     ds = _cf_dataset(forecast, title=title, institution=institution, references=references,
                      checkpoint_hash=checkpoint_hash, comment=comment)
     encoding = _encoding(ds, complevel)
     path = Path(path)
-    with atomic_path(path) as tmp, NETCDF_LOCK, dask.config.set(scheduler="synchronous"):
+    with atomic_path(path) as tmp, NETCDF_LOCK, _chunk_cache(WRITE_CACHE_BYTES), \
+            dask.config.set(scheduler="synchronous"):
         ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=encoding)
     log.info("wrote %s (%s, %d time steps)", path, ", ".join(data_variables(ds)), ds.sizes["time"])
     return path
+
+
+@contextlib.contextmanager
+def _chunk_cache(size: int) -> Iterator[None]:
+    """netCDF-C's default chunk cache set to ``size`` bytes for the files opened inside (hold NETCDF_LOCK)."""
+    import netCDF4
+
+    before = netCDF4.get_chunk_cache()
+    netCDF4.set_chunk_cache(size, before[1], before[2])
+    try:
+        yield
+    finally:
+        netCDF4.set_chunk_cache(*before)
 
 
 def open_cf_netcdf(path: str | os.PathLike, *, chunks: Any = None) -> xr.Dataset:
@@ -182,6 +200,28 @@ def _cf_dataset(ds: xr.Dataset, *, title, institution, references, checkpoint_ha
     if notes:
         ds.attrs["comment"] = "\n".join(notes)
     return ds
+
+
+class _Sliced:
+    """An in-memory array that dask can only slice: ``dask.array.from_array`` copies whatever has a
+    ``copy`` method first (a whole forecast, 200 MB on the OPERA grid, or all of persistence's
+    broadcast view), so a block-wise write would cost a full copy."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        return self.array[key]
+
+
+def _in_blocks(var: xr.DataArray, chunks: dict[str, int]) -> xr.DataArray:
+    """``var`` as dask blocks of ``chunks`` without a copy of in-memory data."""
+    if not isinstance(var.variable._data, np.ndarray):
+        return var.chunk(chunks)
+    import dask.array as da
+
+    blocks = tuple(chunks.get(dim, size) for dim, size in zip(var.dims, var.shape))
+    return var.copy(data=da.from_array(_Sliced(var.values), chunks=blocks, name=False))  # name: no hashing of it
 
 
 def _write_chunks(var: xr.DataArray) -> dict[str, int]:
