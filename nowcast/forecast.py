@@ -114,8 +114,9 @@ def issue_time(times: Sequence, at: Any, step: pd.Timedelta) -> pd.Timestamp:
     return earlier[-1] + ((at - earlier[-1]) // step) * step if len(earlier) else at
 
 
-def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None) -> xr.Dataset:
-    """The ``t_in`` consecutive frames of ``obs`` at or before ``at`` (default: the last time), loaded.
+def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None, *, load: bool = True) -> xr.Dataset:
+    """The ``t_in`` consecutive frames of ``obs`` at or before ``at`` (default: the last time), loaded
+    (``load=False``: as lazy as ``obs``; checked a frame at a time).
 
     The window ends at :func:`issue_time`; frames that are absent, or entirely
     NaN, count as missing.
@@ -128,9 +129,9 @@ def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None) -> xr.Dataset:
     reference = issue_time(available, at, step)
     wanted = input_times(reference, t_in, step)
     present = wanted[wanted.isin(available)]
-    window = _frames_at(obs, present)
-    variable = data_variables(obs)[0]
-    empty = window[variable].isnull().all([d for d in window[variable].dims if d != "time"]).values
+    window = _frames_at(obs, present) if load else obs.sel(time=present)
+    data = window[data_variables(obs)[0]]
+    empty = np.array([bool(np.isnan(data[k].values).all()) for k in range(len(present))], dtype=bool)
     missing = wanted[~wanted.isin(present[~empty])]
     if len(missing):
         raise MissingInputError(reference, missing, t_in, step)
@@ -249,9 +250,11 @@ def forecast(
             else the whole domain up to :data:`MAX_WHOLE_CELLS` cells.
         overlap: cells shared by neighbouring tiles (default ``tile // 4``).
         scratch: a folder for the leads of a tiled forecast in the Eulerian
-            frame larger than :data:`SCRATCH_BYTES`: they are written there a
-            band of rows at a time and the forecast reads them back a lead at a
-            time (dask), so they are never all in memory; the files must
+            frame larger than :data:`SCRATCH_BYTES`: its input frames are
+            copied there a frame at a time and read back a band of rows at a
+            time (:class:`RowsOnDisk`), the leads are written there a band of
+            rows at a time and the forecast reads them back a lead at a time
+            (dask), so neither is ever all in memory; the leads' file must
             outlive the forecast's use.
 
     Returns:
@@ -272,29 +275,35 @@ def forecast(
         model, transform, meta = load_model(model_or_run_dir, device)
     variable = _check_compatible(obs, meta)
     n_leads = int(n_leads or model.t_out)
-    window = select_inputs(obs, model.t_in, at)
-    frames = np.asarray(window[variable].values, dtype="f4")
-    frames = frames if frames.ndim == 4 else frames[:, None]
+    window = select_inputs(obs, model.t_in, at, load=False)
+    data = window[variable]
+    shape = data.shape if data.ndim == 4 else (data.shape[0], 1) + data.shape[1:]
     trained_patch = meta.get("data", {}).get("patch")
-    if tile is None and trained_patch and max(trained_patch) < max(frames.shape[-2:]):
+    if tile is None and trained_patch and max(trained_patch) < max(shape[-2:]):
         tile = max(trained_patch)
-    elif tile is None and frames.shape[-2] * frames.shape[-1] > MAX_WHOLE_CELLS:
+    elif tile is None and shape[-2] * shape[-1] > MAX_WHOLE_CELLS:
         tile = 256
     frame = getattr(model, "frame", "eulerian")
     lagrangian.check_frame(frame, variable)
     reference = pd.Timestamp(window["time"].values[-1])
     options = dict(device=device, tile=tile, overlap=overlap)
-    streamed = tile is not None and frame == "eulerian" and 4 * n_leads * frames[0].size > SCRATCH_BYTES
+    streamed = tile is not None and frame == "eulerian" and 4 * n_leads * math.prod(shape[1:]) > SCRATCH_BYTES
     if scratch is not None and streamed:
-        blocks = predict_rows(model, transform, frames, n_leads, **options)
-        fields = _leads_on_disk(blocks, (n_leads,) + frames.shape[1:], scratch)
-    elif frame == "anomaly":
-        valid = reference + np.arange(1, n_leads + 1) * time_step(obs)
-        fields = anomaly.predict(model, transform, frames, anomaly.climatology_of(obs, window["time"].values),
-                                 anomaly.climatology_of(obs, valid), **options)
+        inputs = RowsOnDisk(data, shape, scratch)
+        try:
+            fields = _leads_on_disk(predict_rows(model, transform, inputs, n_leads, **options),
+                                    (n_leads,) + shape[1:], scratch)
+        finally:
+            os.remove(inputs.path)
     else:
-        fields = (lagrangian.predict if frame == "lagrangian" else predict)(model, transform, frames, n_leads,
-                                                                           **options)
+        frames = np.asarray(data.values, dtype="f4").reshape(shape)
+        if frame == "anomaly":
+            valid = reference + np.arange(1, n_leads + 1) * time_step(obs)
+            fields = anomaly.predict(model, transform, frames, anomaly.climatology_of(obs, window["time"].values),
+                                     anomaly.climatology_of(obs, valid), **options)
+        else:
+            fields = (lagrangian.predict if frame == "lagrangian" else predict)(model, transform, frames, n_leads,
+                                                                               **options)
     fields = fields if variable == "crowd_flow" else fields[:, 0]
     log.info("%s forecast issued at %s: %d leads", meta.get("preset"), reference, n_leads)
     attrs = {"checkpoint_hash": meta.get("checkpoint_hash", ""), "checkpoint": meta.get("checkpoint", ""),
@@ -322,24 +331,25 @@ def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads:
     return fields
 
 
-def predict_rows(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads: int, *,
+def predict_rows(model: nn.Module, transform: Transform, frames: np.ndarray | RowsOnDisk, n_leads: int, *,
                  device: str | torch.device = "cpu", tile: int | None = None, overlap: int | None = None
                  ) -> Iterator[tuple[slice, np.ndarray]]:
     """:func:`predict`'s leads as ``(rows, [n_leads, C, len(rows), W])`` blocks, top to bottom.
 
     Tiled, a band of rows is yielded as soon as no later tile overlaps it, so
-    the blended sums in memory span about two tiles' rows, not the domain.
+    the blended sums in memory span about two tiles' rows, not the domain;
+    ``frames`` may be a :class:`RowsOnDisk`, read a band of rows at a time.
     """
     import torch
 
     from nowcast import models
 
     _, channels, height, width = frames.shape
+    read = frames.rows if isinstance(frames, RowsOnDisk) else (lambda first, stop: frames[:, :, first:stop])
     multiple = model.size_multiple
-    gaps = np.isnan(frames).any(axis=0)
     model.eval()
     if tile is None:
-        x = torch.from_numpy(transform.forward(frames))[None].to(device)
+        x = torch.from_numpy(transform.forward(read(0, height)))[None].to(device)
         with torch.no_grad():
             blocks: Iterable[tuple[int, torch.Tensor]] = [(0, models.run_padded(model, x, multiple, n_leads)[0])]
     else:
@@ -348,7 +358,8 @@ def predict_rows(model: nn.Module, transform: Transform, frames: np.ndarray, n_l
         def scaled(first: int, stop: int) -> torch.Tensor:
             """Rows ``first .. stop`` of the scaled input edge-padded as :func:`nowcast.models.pad_to_multiple`
             pads it: ``[1, T, C, rows, W']``."""
-            rows = frames[:, :, np.minimum(np.arange(first, stop), height - 1)]
+            index = np.minimum(np.arange(first, stop), height - 1)
+            rows = read(int(index[0]), int(index[-1]) + 1)[:, :, index - index[0]]
             rows = rows[..., np.minimum(np.arange(padded[2]), width - 1)] if padded[2] > width else rows
             return torch.from_numpy(transform.forward(rows))[None].to(device)
 
@@ -357,7 +368,7 @@ def predict_rows(model: nn.Module, transform: Transform, frames: np.ndarray, n_l
         rows = slice(start, min(start + y.shape[-2], height))
         if rows.stop > rows.start:
             fields = transform.inverse(y[..., :rows.stop - start, :width].float().cpu().numpy())
-            fields[:, gaps[:, rows]] = np.nan
+            fields[:, np.isnan(read(rows.start, rows.stop)).any(axis=0)] = np.nan
             yield rows, fields
 
 
@@ -409,6 +420,30 @@ def _tiled_rows(model: nn.Module, scaled: Callable[[int, int], torch.Tensor], sh
     log.debug("blended %d tiles of %d x %d (overlap %d)", len(origins), th, tw, overlap)
 
 
+class RowsOnDisk:
+    """Input frames ``[T, C, H, W]`` (float32) copied into a file in ``folder`` a frame at a time, for
+    :func:`predict_rows` to read a band of rows at a time: a continental window (OPERA: 8 frames,
+    134 MB) is never all in memory. The archive stores whole frames per chunk, so it cannot serve
+    bands itself without decompressing every frame per band. Remove :attr:`path` when done."""
+
+    def __init__(self, data: xr.DataArray, shape: tuple[int, int, int, int], folder: str | os.PathLike) -> None:
+        self.shape = shape
+        handle, self.path = tempfile.mkstemp(prefix="inputs-", suffix=".f4", dir=folder)
+        with os.fdopen(handle, "wb") as f:
+            for t in range(shape[0]):
+                f.write(np.ascontiguousarray(data[t].values, dtype="f4").tobytes())
+
+    def rows(self, first: int, stop: int) -> np.ndarray:
+        """Rows ``first .. stop`` of every frame and channel: ``[T, C, stop - first, W]``."""
+        frames, channels, height, width = self.shape
+        out = np.empty((frames, channels, stop - first, width), dtype="f4")
+        with open(self.path, "rb") as f:
+            for t, c in np.ndindex(frames, channels):
+                f.seek(4 * ((t * channels + c) * height + first) * width)
+                f.readinto(memoryview(out[t, c]).cast("B"))
+        return out
+
+
 def _leads_on_disk(blocks: Iterable[tuple[slice, np.ndarray]], shape: tuple[int, ...], folder: str | os.PathLike):
     """:func:`predict_rows`' blocks written into a float32 file in ``folder``, lead after lead, and read back
     as a dask array ``shape`` ``(n_leads, C, H, W)`` chunked one lead at a time."""
@@ -454,9 +489,15 @@ if TYPE_CHECKING:
 
 
 def input_window(obs: xr.Dataset, reference: Any, n_frames: int) -> xr.Dataset:
-    """The frames of ``obs`` among the ``n_frames`` ending at ``reference``, loaded (read once for every method)."""
+    """The frames of ``obs`` among the ``n_frames`` ending at ``reference``: loaded (read once for every
+    method) up to :data:`SCRATCH_BYTES`, else as lazy as ``obs``, so that a continental window is never
+    all in memory (each method reads the frames it needs; tiled models a band of rows at a time)."""
     wanted = input_times(reference, n_frames, time_step(obs))
-    return _frames_at(obs, wanted[wanted.isin(pd.DatetimeIndex(obs["time"].values))])
+    present = wanted[wanted.isin(pd.DatetimeIndex(obs["time"].values))]
+    if sum(obs[name].dtype.itemsize * obs[name].size // obs.sizes["time"] for name in data_variables(obs)) \
+            * len(present) > SCRATCH_BYTES:
+        return obs.sel(time=present)
+    return _frames_at(obs, present)
 
 
 def forecast_with_baselines(
@@ -506,7 +547,7 @@ def forecast_with_baselines(
         if name in out or name in (skipped or {}):
             name = Path(checkpoint).parent.name
         try:
-            select_inputs(window, t_in, reference)
+            select_inputs(window, t_in, reference, load=False)
             bundle = model.load() if isinstance(model, PlannedModel) else model
             out[name] = forecast(window, bundle, at=reference, n_leads=n_leads, device=device, scratch=scratch)
         except MissingInputError as err:
@@ -519,7 +560,7 @@ def forecast_with_baselines(
                    else {"historical_average": baselines.historical_average})
     for name, method in methods.items():
         try:
-            select_inputs(window, BASELINE_FRAMES[name], reference)
+            select_inputs(window, BASELINE_FRAMES[name], reference, load=False)
             out[name] = method(obs if name == "historical_average" else window, n_leads, at=reference)
         except MissingInputError as err:
             missing(name, err, BASELINE_FRAMES[name])
@@ -660,7 +701,7 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
 
     check_writable(out_dir)  # before loading and computing anything
     obs = open_archive(store, chunks=None)  # lazily indexed: a window reads its frames' chunks only
-    obs = obs.assign_coords({name: obs[name].load() for name in ("lat", "lon")})
+    obs = obs.assign_coords({name: _float32_rows(obs[name]) for name in ("lat", "lon")})
     planned = [PlannedModel(model, device) for model in models]
     n_leads = int(n_leads or max((m.t_out for m in planned), default=DEFAULT_LEADS))
     issues = []
@@ -676,6 +717,16 @@ def issue_nowcasts(store: str | os.PathLike, models: Sequence[str | os.PathLike]
                                  n_leads=n_leads, include_baselines=include_baselines, formats=formats,
                                  device=device, overwrite=overwrite, extra=extra))
     return issues
+
+
+def _float32_rows(coord: xr.DataArray) -> xr.DataArray:
+    """A lazily opened 2-D coordinate read once as float32 (what the products store), a stored chunk's rows at a
+    time: a continental grid's float64 lat/lon pair is 67 MB, read whole it peaked at 108 MB more."""
+    values = np.empty(coord.shape, dtype="f4")
+    rows = coord.encoding.get("chunks", coord.shape)[0]
+    for start in range(0, coord.shape[0], rows):
+        values[start:start + rows] = coord[start:start + rows].values
+    return coord.copy(data=values)
 
 
 def _issue(obs: xr.Dataset, planned: list[PlannedModel], reference: pd.Timestamp, folder: Path,
