@@ -21,7 +21,7 @@ import xarray as xr
 from nowcast import archive
 from nowcast.checkpoint import CheckpointError, load_checkpoint
 from nowcast.synthetic import synthetic_radar
-from nowcast.training import _scheduler, _Trainer, cosine_lr, train
+from nowcast.training import _scheduler, _Trainer, cosine_lr, dihedral, train
 from nowcast.transforms import DBR
 
 pytestmark = pytest.mark.xdist_group("training")
@@ -255,6 +255,42 @@ def test_loss_option_replaces_the_paper_loss_and_is_stored(store, tmp_path, monk
     assert load_checkpoint(result.last_checkpoint)["config"]["loss"] == "mae"
     with pytest.raises(ValueError, match="unknown loss 'l3'"):
         train(store, "stlight-tiny", tmp_path / "l3", loss="l3", **common)
+
+
+def test_dihedral_gives_the_eight_symmetries_of_the_square():
+    frame = torch.arange(9.0).reshape(1, 3, 3)
+    images = {tuple(dihedral(frame, k).flatten().tolist()) for k in range(8)}
+    assert len(images) == 8  # all distinct: the group D4
+    assert torch.equal(dihedral(frame, 4 | 1 | 0), torch.rot90(frame, -1, (-2, -1)))  # transpose, flip x: quarter turn
+    assert torch.equal(dihedral(frame, 3), torch.rot90(frame, 2, (-2, -1)))  # both flips: half turn
+    wide = torch.arange(6.0).reshape(2, 3)
+    assert all(dihedral(wide, k).shape == (2, 3) for k in range(4))
+
+
+def test_dihedral_augmentation_transforms_inputs_and_targets_alike(store, tmp_path, monkeypatch):
+    seen = []
+    real_step = _Trainer._step
+
+    def step(self, x, y):
+        seen.append((x.clone(), y.clone()))
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(_Trainer, "_step", step)
+    common = dict(epochs=1, steps_per_epoch=6, batch_size=2, patch=16, t_in=4, t_out=2, val_samples=1,
+                  fractions=(0.95, 0.05, 0.0), progress=False, seed=3)
+    train(store, "stlight-tiny", tmp_path / "plain", **common)
+    plain, seen[:] = list(seen), []
+    result = train(store, "stlight-tiny", tmp_path / "dihedral", augment="dihedral", **common)
+    assert load_checkpoint(result.last_checkpoint)["config"]["augment"] == "dihedral"
+    # Same samples (the draw comes after the loader's), each batch in one symmetry applied to x and y together.
+    ks = []
+    for (x0, y0), (x1, y1) in zip(plain, seen, strict=True):
+        k = [k for k in range(8) if torch.equal(dihedral(x0, k), x1) and torch.equal(dihedral(y0, k), y1)]
+        assert k, "inputs and targets not in one symmetry of the plain batch"
+        ks.append(k[0])
+    assert len(set(ks)) > 1  # drawn at random, not one fixed symmetry
+    with pytest.raises(ValueError, match="unknown augmentation 'rot'"):
+        train(store, "stlight-tiny", tmp_path / "rot", augment="rot", **common)
 
 
 def test_domain_off_the_size_multiple_is_padded_as_in_forecasting(tmp_path):

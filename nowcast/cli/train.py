@@ -60,6 +60,8 @@ def train(
                    "flows with 4 weeks of history); forecasts apply the checkpoint's frame."),
     frame_cache: Optional[Path] = typer.Option(
         None, help="Folder of the Lagrangian-frame window cache (default: ARCHIVE.lagrangian beside the archive)."),
+    augment: str = typer.Option("none", help="none (default, the papers'), or dihedral: each batch in a random "
+                                             "flip or quarter turn (radar; not for crowd flows)."),
     patience: int = typer.Option(10, help="Early stopping: epochs without a lower validation loss (0: never)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA), bf16, fp16 or off."),
@@ -90,7 +92,7 @@ def train(
             fractions=_fractions(split), block=block, grad_clip=grad_clip, input_phase_loss=input_phase_loss,
             loss=loss, patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
             num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame, frame_cache=frame_cache,
-            time_budget=time_budget, checkpoint_every=checkpoint_every)
+            augment=augment, time_budget=time_budget, checkpoint_every=checkpoint_every)
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:
         fail(str(err).strip("'\""))
     if int(os.environ.get("RANK", "0")):
