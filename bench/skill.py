@@ -79,6 +79,9 @@ EPOCHS = 10
 RADAR_STEPS = {"tau-tiny": 1000, "stlight-tiny": 2000, "mslstm-tiny": 300}
 TRAFFIC_BATCH, TRAFFIC_TRANSFORM = 32, "minmax"
 RADAR_LOSS, TRAFFIC_LOSS = "mae", "paper"
+#: Radar training augmentation (``nowcast.training.AUGMENTATIONS``): the symmetries of the square multiply
+#: the two training events' samples eightfold.
+RADAR_AUGMENT = "dihedral"
 #: Radar train/validation split of the training events' time axis: the validation tail picks ``best.pt``.
 RADAR_SPLIT = (0.8, 0.2, 0.0)
 TRAFFIC_STEPS = {"tau-tiny": 2000, "stlight-tiny": 2000, "mslstm-tiny": 400}
@@ -133,6 +136,7 @@ def train_for(data: xr.Dataset | Path, preset: str, out: Path, steps: int, devic
     done = result.history[-1]["step"]
     state = load_checkpoint(result.best_checkpoint)
     return {"model": out.name, "preset": preset, "frame": state["config"]["frame"], "loss": state["config"]["loss"],
+            "augment": state["config"].get("augment", "none"),
             "steps": done, "s_per_step": sum(h["seconds"] for h in result.history) / done, "train_s": seconds,
             "final_train_loss": result.history[-1]["train_loss"], "best_epoch": f"{state['epoch']}/"
             f"{len(result.history)}", "run": str(result.run_dir)}
@@ -203,7 +207,7 @@ def run_radar(args, work: Path) -> tuple[pd.DataFrame, dict]:
     archive.write(stacked([events[n] for n in TRAIN_EVENTS]), store)
     trained = [train_for(store, preset, work / "radar" / f"{preset}-{frame}",
                          args.steps or RADAR_STEPS[preset], args.device, t_in=T_IN, t_out=T_OUT, patch=PATCH,
-                         fractions=RADAR_SPLIT, frame=frame, loss=args.loss)
+                         fractions=RADAR_SPLIT, frame=frame, loss=args.loss, augment=args.augment)
                for preset in args.models for frame in args.frames]
     caches = [dict(zarr.open_group(str(path), mode="r").attrs) | {"mb": sum(
         f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20}
@@ -355,7 +359,9 @@ def render(tag: str, parts: dict[str, tuple[pd.DataFrame, dict]]) -> str:
                 "- Models: each family in the Eulerian frame (the papers') and the Lagrangian frame "
                 "(`frame=\"lagrangian\"`: evolution learnt on inputs advected to the issue time, then advected "
                 "forward with the baseline's motion field), same steps; loss: "
-                f"{', '.join(sorted({r.get('loss', 'paper') for r in meta['trained']}))}.",
+                f"{', '.join(sorted({r.get('loss', 'paper') for r in meta['trained']}))}; augmentation: "
+                f"{', '.join(sorted({r.get('augment', 'none') for r in meta['trained']}))} (`dihedral`: each batch "
+                "in a random flip or quarter turn of the square).",
                 "", verdict(table, task, meta["trained"]), "",
                 pivot(table, [("csi", 1.0, None), ("csi", 5.0, None), ("fss", 1.0, 16.0), ("mae", None, None)],
                       models + ["persistence", "lagrangian"]),
@@ -401,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traffic-frames", nargs="+", choices=TRAFFIC_FRAMES, default=list(TRAFFIC_FRAMES),
                         help="traffic: train every model in these frames")
     parser.add_argument("--loss", default=RADAR_LOSS, help="radar training loss (paper, mse, mae)")
+    parser.add_argument("--augment", default=RADAR_AUGMENT, help="radar training augmentation (none, dihedral)")
     parser.add_argument("--traffic-loss", default=TRAFFIC_LOSS, help="traffic training loss (paper, mse, mae)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--case-stride", type=int, default=2, help="radar: every n-th held-out issue time")
