@@ -114,9 +114,9 @@ def issue_time(times: Sequence, at: Any, step: pd.Timedelta) -> pd.Timestamp:
     return earlier[-1] + ((at - earlier[-1]) // step) * step if len(earlier) else at
 
 
-def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None, *, load: bool = True) -> xr.Dataset:
-    """The ``t_in`` consecutive frames of ``obs`` at or before ``at`` (default: the last time), loaded
-    (``load=False``: as lazy as ``obs``; checked a frame at a time).
+def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None) -> xr.Dataset:
+    """The ``t_in`` consecutive frames of ``obs`` at or before ``at`` (default: the last time), as lazy
+    as ``obs`` (each frame is read on its own to check it).
 
     The window ends at :func:`issue_time`; frames that are absent, or entirely
     NaN, count as missing.
@@ -129,7 +129,7 @@ def select_inputs(obs: xr.Dataset, t_in: int, at: Any = None, *, load: bool = Tr
     reference = issue_time(available, at, step)
     wanted = input_times(reference, t_in, step)
     present = wanted[wanted.isin(available)]
-    window = _frames_at(obs, present) if load else obs.sel(time=present)
+    window = obs.sel(time=present)
     data = window[data_variables(obs)[0]]
     empty = np.array([bool(np.isnan(data[k].values).all()) for k in range(len(present))], dtype=bool)
     missing = wanted[~wanted.isin(present[~empty])]
@@ -275,7 +275,7 @@ def forecast(
         model, transform, meta = load_model(model_or_run_dir, device)
     variable = _check_compatible(obs, meta)
     n_leads = int(n_leads or model.t_out)
-    window = select_inputs(obs, model.t_in, at, load=False)
+    window = select_inputs(obs, model.t_in, at)
     data = window[variable]
     shape = data.shape if data.ndim == 4 else (data.shape[0], 1) + data.shape[1:]
     trained_patch = meta.get("data", {}).get("patch")
@@ -434,14 +434,9 @@ class RowsOnDisk:
                 f.write(np.ascontiguousarray(data[t].values, dtype="f4").tobytes())
 
     def rows(self, first: int, stop: int) -> np.ndarray:
-        """Rows ``first .. stop`` of every frame and channel: ``[T, C, stop - first, W]``."""
-        frames, channels, height, width = self.shape
-        out = np.empty((frames, channels, stop - first, width), dtype="f4")
-        with open(self.path, "rb") as f:
-            for t, c in np.ndindex(frames, channels):
-                f.seek(4 * ((t * channels + c) * height + first) * width)
-                f.readinto(memoryview(out[t, c]).cast("B"))
-        return out
+        """Rows ``first .. stop`` of every frame and channel: ``[T, C, stop - first, W]`` (a copy; the
+        file's mapping, and with it the pages read, goes when the call returns)."""
+        return np.array(np.memmap(self.path, dtype="f4", mode="r", shape=self.shape)[:, :, first:stop])
 
 
 def _leads_on_disk(blocks: Iterable[tuple[slice, np.ndarray]], shape: tuple[int, ...], folder: str | os.PathLike):
@@ -547,7 +542,7 @@ def forecast_with_baselines(
         if name in out or name in (skipped or {}):
             name = Path(checkpoint).parent.name
         try:
-            select_inputs(window, t_in, reference, load=False)
+            select_inputs(window, t_in, reference)
             bundle = model.load() if isinstance(model, PlannedModel) else model
             out[name] = forecast(window, bundle, at=reference, n_leads=n_leads, device=device, scratch=scratch)
         except MissingInputError as err:
@@ -560,7 +555,7 @@ def forecast_with_baselines(
                    else {"historical_average": baselines.historical_average})
     for name, method in methods.items():
         try:
-            select_inputs(window, BASELINE_FRAMES[name], reference, load=False)
+            select_inputs(window, BASELINE_FRAMES[name], reference)
             out[name] = method(obs if name == "historical_average" else window, n_leads, at=reference)
         except MissingInputError as err:
             missing(name, err, BASELINE_FRAMES[name])
