@@ -191,15 +191,13 @@ def extrapolate(rates: np.ndarray, velocity: np.ndarray, n_leads: int, *, thresh
     return out
 
 
-def semi_lagrangian(field: Callable[[int], np.ndarray], velocity: np.ndarray, n_steps: int) -> Iterator[np.ndarray]:
-    """``field(k)`` (2-D, float64) advected ``k + 1`` steps along ``velocity``, for k = 0 .. ``n_steps - 1``.
+def trajectories(velocity: np.ndarray, n_steps: int) -> Iterator[np.ndarray]:
+    """Per step k = 0 .. ``n_steps - 1``, the displacement ``(2, rows, cols)`` (columns, rows; cells) from
+    each cell to where its value starts ``k + 1`` steps back along ``velocity``: pysteps' backward
+    semi-Lagrangian trajectories (one midpoint iteration, motion interpolated bilinearly, nearest outside),
+    one carried from step to step, computed in bands of :data:`BAND_ROWS` rows.
 
-    pysteps' backward semi-Lagrangian scheme
-    (``pysteps.extrapolation.semilagrangian.extrapolate`` with its defaults:
-    one midpoint iteration, bilinear, NaN outside) with one trajectory carried
-    from step to step, as chained one-step calls of it give, computed one step
-    at a time in bands of :data:`BAND_ROWS` rows: the same values, with
-    temporaries of a band and no stack of leads.
+    The same array is updated and yielded at every step: copy it to keep one.
     """
     from scipy.ndimage import map_coordinates
 
@@ -210,31 +208,53 @@ def semi_lagrangian(field: Callable[[int], np.ndarray], velocity: np.ndarray, n_
     increment = velocity.copy()
     buffer = np.empty((2, min(BAND_ROWS, rows), cols))
 
-    def origins(band: slice, shift: np.ndarray) -> np.ndarray:
-        """(row, column) coordinates of the band's cells displaced by ``shift`` (columns, rows)."""
-        where = buffer[:, :band.stop - band.start]
-        np.add(np.arange(band.start, band.stop)[:, None], shift[1], out=where[0])
-        np.add(np.arange(cols), shift[0], out=where[1])
-        return where
-
     def interpolate_motion(band: slice, shift: np.ndarray) -> None:
-        where = origins(band, shift)
+        where = _origins(band, shift, buffer)
         for c in (0, 1):
             map_coordinates(velocity[c], where, output=increment[c, band], order=1, mode="nearest",
                             prefilter=False)
 
     for k in range(n_steps):
-        values = field(k)
-        if not np.isfinite(values).any():
-            raise ValueError("precip contains only non-finite values")
-        advected = np.empty((rows, cols))
         for start in range(0, rows, BAND_ROWS):
             band = slice(start, min(start + BAND_ROWS, rows))
             if k:
                 interpolate_motion(band, displacement[:, band])
             interpolate_motion(band, displacement[:, band] - increment[:, band] / 2.0)
             displacement[:, band] -= increment[:, band]
-            map_coordinates(values, origins(band, displacement[:, band]), output=advected[band], order=1,
+        yield displacement
+
+
+def _origins(band: slice, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(row, column) coordinates of the cells of rows ``band`` displaced by ``shift`` (columns, rows),
+    written into ``out`` (at least ``(2, band rows, cols)``)."""
+    where = out[:, :band.stop - band.start]
+    np.add(np.arange(band.start, band.stop)[:, None], shift[1], out=where[0])
+    np.add(np.arange(shift.shape[-1]), shift[0], out=where[1])
+    return where
+
+
+def semi_lagrangian(field: Callable[[int], np.ndarray], velocity: np.ndarray, n_steps: int) -> Iterator[np.ndarray]:
+    """``field(k)`` (2-D, float64) advected ``k + 1`` steps along ``velocity``, for k = 0 .. ``n_steps - 1``.
+
+    pysteps' backward semi-Lagrangian scheme
+    (``pysteps.extrapolation.semilagrangian.extrapolate`` with its defaults:
+    one midpoint iteration, bilinear, NaN outside) with one trajectory carried
+    from step to step (:func:`trajectories`), as chained one-step calls of it
+    give, interpolated in bands of :data:`BAND_ROWS` rows: the same values,
+    with temporaries of a band and no stack of leads.
+    """
+    from scipy.ndimage import map_coordinates
+
+    rows, cols = velocity.shape[1:]
+    buffer = np.empty((2, min(BAND_ROWS, rows), cols))
+    for k, displacement in enumerate(trajectories(velocity, n_steps)):
+        values = field(k)
+        if not np.isfinite(values).any():
+            raise ValueError("precip contains only non-finite values")
+        advected = np.empty((rows, cols))
+        for start in range(0, rows, BAND_ROWS):
+            band = slice(start, min(start + BAND_ROWS, rows))
+            map_coordinates(values, _origins(band, displacement[:, band], buffer), output=advected[band], order=1,
                             mode="constant", cval=np.nan, prefilter=False)
         yield advected
 
