@@ -17,6 +17,15 @@ issue time at the last of the ``T_in`` input frames:
    baseline advects the issue-time frame: NaN where the trajectory starts
    outside the domain or at a cell without coverage.
 
+Where training scores the network (:data:`LOSSES`): ``observed`` (the
+default; LUPIN's differentiable advection) advects its outputs forward
+(:func:`advect_forward`, the forecast's own step 4) and compares them with the
+observed frames; ``advected`` (L-CNN) compares them with the target frames
+advected back to the issue time. Both advections interpolate bilinearly, so the first
+scores against targets blurred by a back-and-forth interpolation that the
+forecast, which only advects forward, never undoes; the second learns the
+forecast as it will be issued (``bench/results/radar-ablations.md``).
+
 So an untrained network is Lagrangian persistence, i.e. the baseline
 (:func:`nowcast.baselines.lagrangian_extrapolation`). Training windows are
 advected once and cached on disk (:func:`attach`, :class:`WindowCache`).
@@ -42,6 +51,7 @@ import zarr
 from nowcast import anomaly, archive, baselines
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from nowcast.transforms import Transform
@@ -52,7 +62,9 @@ log = logging.getLogger(__name__)
 #: Input frames of the motion estimate, method and dBR threshold (mm h-1): the Lagrangian baseline's defaults.
 N_INPUT, METHOD, THRESHOLD = 3, "LK", 0.1
 #: Bump when the cached windows would change for the same archive and settings.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: Where training scores a Lagrangian-frame network (module docstring): ``advected``, ``observed``.
+LOSSES = ("observed", "advected")
 #: Cache chunks: one window by this many cells square, so a training tile reads only its own chunks.
 CHUNK_CELLS = 64
 #: Windows advected and written per append to the cache.
@@ -105,6 +117,35 @@ def from_issue_time(fields: np.ndarray, velocity: np.ndarray) -> np.ndarray:
     return baselines.advect(fields, velocity, threshold_mmh=THRESHOLD).astype("f4")
 
 
+def departures(velocity: np.ndarray, n_steps: int) -> np.ndarray:
+    """Where lead ``k`` (1-based) of a forward advection takes each cell's value from: ``[n_steps, 2, H, W]``
+    (row, column; cells, float32), the trajectories of :func:`from_issue_time` (outside ``[0, H - 1] x
+    [0, W - 1]``: NaN there)."""
+    rows, cols = velocity.shape[1:]
+    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")).astype("f8")
+    out = np.empty((n_steps, 2, rows, cols), dtype="f4")
+    for k, displacement in enumerate(baselines.trajectories(velocity, n_steps)):
+        out[k] = grid + displacement[::-1]
+    return out
+
+
+def advect_forward(fields: torch.Tensor, origin: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Differentiable :func:`from_issue_time` of network outputs, on a tile: ``fields [B, T, C, h, w]``
+    (transformed units, linear in dBR as the advection's interpolation is) sampled bilinearly at ``origin
+    [B, T, 2, h, w]`` (:func:`departures` relative to the tile's first cell); where that lies outside the
+    tile, ``fill`` (same shape as ``fields``, e.g. the target, so those cells score nothing)."""
+    import torch
+    import torch.nn.functional as F
+
+    b, t, c, h, w = fields.shape
+    row, col = origin[:, :, 0], origin[:, :, 1]
+    inside = (row >= 0) & (row <= h - 1) & (col >= 0) & (col <= w - 1)
+    grid = torch.stack([2 * col / max(w - 1, 1) - 1, 2 * row / max(h - 1, 1) - 1], dim=-1)
+    sampled = F.grid_sample(fields.reshape(b * t, c, h, w), grid.reshape(b * t, h, w, 2).to(fields.dtype),
+                            mode="bilinear", padding_mode="zeros", align_corners=True)
+    return torch.where(inside[:, :, None], sampled.reshape(b, t, c, h, w), fill)
+
+
 def predict(model: nn.Module, transform: Transform, frames: np.ndarray, n_leads: int, **options: Any) -> np.ndarray:
     """:func:`nowcast.forecast.predict` in the Lagrangian frame: physical ``[T_in, 1, H, W]`` →
     ``[n_leads, 1, H, W]``.
@@ -125,15 +166,17 @@ class WindowCache:
     """Lagrangian-frame windows of one source on disk, a Zarr store written by :func:`window_cache`.
 
     Variables ``frames (window, time, y, x)``: the ``T_in + T_out`` frames
-    (mm h-1, float32) advected to the window's issue time; ``motion (window,
-    component, y, x)``: its optical flow (cells per step); ``start
-    (window)``: the window's first time index in the source.
+    (mm h-1, float32) advected to the window's issue time; ``observed
+    (window, lead, y, x)``: the ``T_out`` target frames as observed;
+    ``departure (window, lead, point, y, x)``: their :func:`departures`;
+    ``motion (window, component, y, x)``: the optical flow (cells per step);
+    ``start (window)``: the window's first time index in the source.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._ds: xr.Dataset | None = None
-        self._frames: np.ndarray | None = None
+        self._memory: dict[str, np.ndarray] = {}
         self.index = {int(s): i for i, s in enumerate(self.dataset["start"].values)}
 
     @property
@@ -143,20 +186,30 @@ class WindowCache:
         return self._ds
 
     def __getstate__(self) -> dict:
-        return dict(self.__dict__, _ds=None, _frames=None)  # reopened lazily in each DataLoader worker
+        return dict(self.__dict__, _ds=None, _memory={})  # reopened lazily in each DataLoader worker
+
+    def _read(self, name: str, start: int, y: slice, x: slice) -> np.ndarray:
+        """Variable ``name`` of the window starting at time index ``start``, cells ``y, x`` (float32).
+
+        A variable of at most :data:`IN_MEMORY_BYTES` is read whole on first
+        use: per-sample Zarr reads cost more than a tiny model's training step.
+        """
+        variable = self.dataset[name]
+        if name not in self._memory and variable.size * 4 <= IN_MEMORY_BYTES:
+            self._memory[name] = np.asarray(variable.values, dtype="f4")
+        if name in self._memory:
+            return self._memory[name][self.index[int(start)], ..., y, x]
+        return np.asarray(variable.isel(window=self.index[int(start)], y=y, x=x).values, dtype="f4")
 
     def window(self, start: int, y: slice, x: slice) -> np.ndarray:
-        """Advected frames ``[T, 1, h, w]`` of the window starting at time index ``start``.
+        """Advected frames ``[T, 1, h, w]`` of the window starting at time index ``start``."""
+        return self._read("frames", start, y, x)[:, None]
 
-        A cache of at most :data:`IN_MEMORY_BYTES` is read whole on first use:
-        per-sample Zarr reads cost more than a tiny model's training step.
-        """
-        frames = self.dataset["frames"]
-        if self._frames is None and frames.size * 4 <= IN_MEMORY_BYTES:
-            self._frames = np.asarray(frames.values, dtype="f4")
-        if self._frames is not None:
-            return self._frames[self.index[int(start)], :, y, x][:, None]
-        return np.asarray(frames.isel(window=self.index[int(start)], y=y, x=x).values, dtype="f4")[:, None]
+    def observed(self, start: int, y: slice, x: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The window's target frames as observed ``[T_out, 1, h, w]`` (mm h-1) and where their forward
+        advection takes each cell from, relative to the tile's first cell ``[T_out, 2, h, w]`` (row, column)."""
+        offset = np.array([y.start or 0, x.start or 0], dtype="f4")[:, None, None]
+        return self._read("observed", start, y, x)[:, None], self._read("departure", start, y, x) - offset
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
@@ -193,7 +246,9 @@ def window_cache(source: str | os.PathLike | xr.Dataset, dataset: WindowDataset,
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     started = time.perf_counter()
     cy, cx = min(CHUNK_CELLS, dataset.height), min(CHUNK_CELLS, dataset.width)
-    encoding = {"frames": {"chunks": (1, dataset.length, cy, cx)}, "motion": {"chunks": (1, 2, cy, cx)}}
+    encoding = {"frames": {"chunks": (1, dataset.length, cy, cx)}, "motion": {"chunks": (1, 2, cy, cx)},
+                "observed": {"chunks": (1, dataset.t_out, cy, cx)},
+                "departure": {"chunks": (1, dataset.t_out, 2, cy, cx)}}
     log.info("building the Lagrangian-frame window cache: %d windows (optical flow and advection, "
              "about 1 s each on one core) into %s", len(starts), path)
     try:
@@ -201,12 +256,16 @@ def window_cache(source: str | os.PathLike | xr.Dataset, dataset: WindowDataset,
             if first:
                 log.info("  %d of %d windows cached", first, len(starts))
             batch = starts[first:first + BUILD_BATCH]
-            frames, velocities = [], []
+            frames, velocities, observed, origins = [], [], [], []
             for start in batch:
                 window = dataset.read(int(start), int(start) + dataset.length)[:, 0]
                 velocities.append(motion(window[:dataset.t_in]).astype("f4"))
                 frames.append(to_issue_time(window, dataset.t_in, velocities[-1]))
+                observed.append(window[dataset.t_in:])
+                origins.append(departures(velocities[-1], dataset.t_out))
             part = xr.Dataset({"frames": (("window", "time", "y", "x"), np.stack(frames)),
+                               "observed": (("window", "lead", "y", "x"), np.stack(observed)),
+                               "departure": (("window", "lead", "point", "y", "x"), np.stack(origins)),
                                "motion": (("window", "component", "y", "x"), np.stack(velocities)),
                                "start": ("window", batch)})
             if first == 0:
@@ -236,12 +295,16 @@ def default_cache_folder(source: str | os.PathLike | xr.Dataset, run_dir: str | 
     return Path(run_dir) / "lagrangian-cache" if isinstance(source, xr.Dataset) else Path(f"{source}.lagrangian")
 
 
-def attach(splits: Splits, source: str | os.PathLike | xr.Dataset, folder: str | os.PathLike) -> WindowCache:
-    """Serve every split's samples in the Lagrangian frame, from the cache of all their windows."""
+def attach(splits: Splits, source: str | os.PathLike | xr.Dataset, folder: str | os.PathLike,
+           loss: str = LOSSES[0]) -> WindowCache:
+    """Serve every split's samples in the Lagrangian frame, from the cache of all their windows; with
+    ``loss="observed"`` their targets as observed, with where the forward advection takes each cell from."""
     check_frame("lagrangian", str(splits.train.variable))
+    if loss not in LOSSES:
+        raise ValueError(f"unknown Lagrangian-frame loss {loss!r}; choose one of {list(LOSSES)}")
     parts = [split for split in (splits.train, splits.val, splits.test) if len(split)]
     starts = np.concatenate([np.unique(split.samples[:, 0]) for split in parts])
     cache = window_cache(source, splits.train, starts, folder)
     for split in (splits.train, splits.val, splits.test):
-        split.cache = cache
+        split.cache, split.observed_targets = cache, loss == "observed"
     return cache

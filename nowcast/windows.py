@@ -38,6 +38,8 @@ from nowcast.transforms import Transform, make
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: ``block`` value of :func:`split_windows` that cuts every event chronologically on its own.
+EACH_EVENT = "each-event"
 SCAN_FRAMES = 64  # frames read at a time when scanning the archive
 
 
@@ -97,12 +99,15 @@ def split_windows(
     Every frame is given to one split. With ``block=None`` the time axis is
     cut chronologically (training first, then validation, then test); a
     validation or test share asked for gets at least ``length`` frames (one
-    window), taken from training, so small archives still validate. With a
-    ``block`` duration (e.g. ``"1D"``) or ``"event"`` (each run of frames
-    between gaps) the blocks are shuffled with ``seed`` and dealt out in the
-    given fractions, each share asked for getting at least one block while
-    training keeps one. A window belongs to a split only if all its frames
-    do, so windows straddling a split boundary are dropped.
+    window), taken from training, so small archives still validate.
+    ``block="each-event"`` cuts every event (run of frames between gaps)
+    chronologically on its own: every event trains and validates, where a cut
+    of the whole axis leaves the first events training and the last validating.
+    With a ``block`` duration (e.g. ``"1D"``) or ``"event"`` the blocks
+    (events) are shuffled with ``seed`` and dealt out in the given fractions,
+    each share asked for getting at least one block while training keeps one.
+    A window belongs to a split only if all its frames do, so windows
+    straddling a split boundary are dropped.
 
     Returns: ``{"train": starts, "val": starts, "test": starts}`` (int arrays).
     """
@@ -111,8 +116,11 @@ def split_windows(
     n = len(index)
     fractions = np.asarray(fractions, dtype="f8") / np.sum(fractions)
     if block is None:
-        sizes = _shares(n, fractions, minimum=length)
-        owner = np.repeat(np.arange(len(SPLITS)), sizes)
+        owner = np.repeat(np.arange(len(SPLITS)), _shares(n, fractions, minimum=length))
+    elif block == EACH_EVENT:
+        runs = np.bincount(event_ids(index, step)) if n else np.zeros(0, int)
+        owner = np.concatenate([np.repeat(np.arange(len(SPLITS)), _shares(int(r), fractions, minimum=length))
+                                for r in runs]) if n else np.zeros(0, int)
     else:
         if block == "event":
             block_id = event_ids(index, step)
@@ -184,6 +192,7 @@ class WindowDataset(Dataset):
         self.height, self.width = ds.sizes["y"], ds.sizes["x"]
         self.transform = transform
         self.cache = None
+        self.observed_targets = False
         self.climatology: np.ndarray | None = None
         if starts is None:
             starts = gapless_starts(self.times, self.length, self.step)
@@ -237,7 +246,12 @@ class WindowDataset(Dataset):
         (y0, x0), (h, w) = self.tiles[tile], self.patch
         return self.cache.window(start, slice(y0, y0 + h), slice(x0, x0 + w))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        """``(x, y)``: inputs ``[T_in, C, h, w]`` and targets ``[T_out, C, h, w]``, transformed; with
+        ``observed_targets`` (and a Lagrangian ``cache``), ``(x, y, observed, origin)``: also the targets as
+        observed and where the forecast's forward advection takes each cell from
+        (:meth:`nowcast.lagrangian.WindowCache.observed`).
+        """
         start, tile = (int(v) for v in self.samples[index])
         frames = self.read_window(start, tile)
         if self.climatology is not None:
@@ -247,6 +261,11 @@ class WindowDataset(Dataset):
         else:
             frames = self.transform.forward(frames) if self.transform else np.nan_to_num(frames, nan=0.0)
         frames = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.observed_targets:
+            (y0, x0), (h, w) = self.tiles[tile], self.patch
+            observed, origin = self.cache.observed(start, slice(y0, y0 + h), slice(x0, x0 + w))
+            return (frames[:self.t_in], frames[self.t_in:], torch.from_numpy(self.transform.forward(observed)),
+                    torch.from_numpy(origin))
         return frames[:self.t_in], frames[self.t_in:]
 
     def frame_runs(self) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ from nowcast.checkpoint import load_checkpoint
 from nowcast.cli import app
 from nowcast.products import open_cf_netcdf
 from nowcast.synthetic import synthetic_radar, synthetic_traffic
-from nowcast.training import train
+from nowcast.training import dihedral, dihedral_points, train
 from nowcast.transforms import DBR
 from nowcast.windows import split_datasets
 
@@ -88,7 +88,7 @@ def test_to_and_from_issue_time_return_a_rigidly_translating_frame_to_itself():
 def test_training_samples_come_from_the_cache_in_the_lagrangian_frame(store, tmp_path, monkeypatch):
     splits = split_datasets(store, 6, 4, patch=32, fractions=(0.8, 0.2, 0.0))
     raw_x, raw_y = splits.train[5]
-    cache = lagrangian.attach(splits, store, tmp_path / "cache")
+    cache = lagrangian.attach(splits, store, tmp_path / "cache", loss="advected")
     start, tile = splits.train.samples[5]
     window = splits.train.read(int(start), int(start) + 10)[:, 0]
     velocity = cache.dataset["motion"].isel(window=cache.index[int(start)]).values
@@ -99,12 +99,12 @@ def test_training_samples_come_from_the_cache_in_the_lagrangian_frame(store, tmp
     np.testing.assert_allclose(torch.cat([x, y])[:, 0].numpy(), expected[:, y0:y0 + 32, x0:x0 + 32], atol=1e-6)
     np.testing.assert_array_equal(x[-1].numpy(), raw_x[-1].numpy())  # the issue-time frame is not moved
     assert not torch.equal(y, raw_y)
-    assert cache._frames is not None  # a small cache is read into memory once
+    assert "frames" in cache._memory  # a small cache is read into memory once
     on_disk = lagrangian.WindowCache(cache.path)
     monkeypatch.setattr(lagrangian, "IN_MEMORY_BYTES", 0)  # a big one is read per sample: the same windows
     np.testing.assert_array_equal(on_disk.window(start, slice(y0, y0 + 32), slice(x0, x0 + 32)),
                                   cache.window(start, slice(y0, y0 + 32), slice(x0, x0 + 32)))
-    assert on_disk._frames is None
+    assert not on_disk._memory
     assert splits.val.cache is cache and len(cache.index) == len(np.unique(np.concatenate(
         [splits.train.samples[:, 0], splits.val.samples[:, 0]])))
     # Same archive and settings: the same cache; more frames committed: a new one.
@@ -165,3 +165,53 @@ def test_crowd_flows_refuse_the_lagrangian_frame(tmp_path):
         fc.forecast(flows, (model, DBR(), {"preset": "stlight-tiny"}), n_leads=2)
     with pytest.raises(ValueError, match="unknown frame 'polar'"):
         models.build("stlight-tiny", frame="polar")
+
+
+def test_forward_advection_of_network_outputs_is_the_forecasts_own_and_commutes_with_the_symmetries():
+    """``lagrangian_loss="observed"`` advects outputs in transformed units with torch; the forecast advects
+    rates with scipy (:func:`lagrangian.from_issue_time`): the same values and the same NaN cells."""
+    frames = translating(4, (1, 1), size=40)
+    rows, cols = np.mgrid[0:40, 0:40]
+    velocity = np.stack([0.8 + 0.3 * np.sin(rows / 7.0), -0.6 + 0.4 * cols / 40.0])
+    scaler = DBR()
+    origin = torch.from_numpy(lagrangian.departures(velocity, 4))[None]
+    fields = torch.from_numpy(scaler.forward(frames))[None, :, None]
+    moved = lagrangian.advect_forward(fields, origin, fill=torch.full_like(fields, float("nan")))[0, :, 0].numpy()
+    expected = lagrangian.from_issue_time(frames, velocity)
+    np.testing.assert_array_equal(np.isnan(moved), np.isnan(expected))
+    assert 0.02 < np.isnan(expected).mean() < 0.3
+    np.testing.assert_allclose(scaler.inverse(np.nan_to_num(moved))[~np.isnan(expected)],
+                               expected[~np.isnan(expected)], rtol=1e-4)
+    fill = torch.zeros_like(fields)
+    for k in range(8):  # a batch augmented by a symmetry of the square advects as the symmetry of the original
+        np.testing.assert_allclose(
+            lagrangian.advect_forward(dihedral(fields, k), dihedral_points(origin, k), dihedral(fill, k)),
+            dihedral(lagrangian.advect_forward(fields, origin, fill), k), atol=1e-6)
+
+
+def test_observed_loss_scores_the_forecast_as_issued(store, tmp_path):
+    """Samples carry the observed targets and the forecast's trajectories; an untrained (zero-residual)
+    network, advected forward, is the Lagrangian extrapolation of the tile; training stores the choice."""
+    splits = split_datasets(store, 6, 4, patch=32, fractions=(0.8, 0.2, 0.0))
+    lagrangian.attach(splits, store, tmp_path / "cache", loss="observed")
+    x, y, observed, origin = splits.train[5]
+    start, tile = splits.train.samples[5]
+    (y0, x0) = splits.train.tiles[int(tile)]
+    window = splits.train.read(int(start), int(start) + 10)[:, 0]
+    np.testing.assert_allclose(observed[:, 0].numpy(), DBR().forward(window[6:, y0:y0 + 32, x0:x0 + 32]))
+    persistence = x[-1:].expand(4, -1, -1, -1)[None]  # what an untrained network returns
+    moved = lagrangian.advect_forward(persistence, origin[None], torch.full_like(observed[None], np.nan))[0, :, 0]
+    velocity = lagrangian.motion(window[:6])
+    expected = lagrangian.from_issue_time(np.repeat(window[5:6, y0:y0 + 32, x0:x0 + 32], 4, 0),
+                                          velocity[:, y0:y0 + 32, x0:x0 + 32])
+    inside = ~torch.isnan(moved).numpy()
+    assert inside[0].mean() > 0.8 and (inside <= ~np.isnan(expected)).all()
+    np.testing.assert_allclose(DBR().inverse(moved.numpy()[inside]), expected[inside], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="Lagrangian-frame loss"):
+        lagrangian.attach(splits, store, tmp_path / "cache", loss="eulerian")
+
+    result = train(store, "tau-tiny", tmp_path / "run", epochs=1, steps_per_epoch=2, batch_size=2, patch=32,
+                   t_in=6, t_out=4, fractions=(0.8, 0.2, 0.0), frame="lagrangian", lagrangian_loss="observed",
+                   augment="dihedral", frame_cache=tmp_path / "cache", progress=False)
+    assert np.isfinite(result.history[-1]["val_loss"])
+    assert load_checkpoint(result.best_checkpoint)["config"]["lagrangian_loss"] == "observed"

@@ -175,3 +175,18 @@ def test_small_archives_and_events_still_validate():
     by_event = split_windows(two, 18, "5min", fractions=(0.5, 0.5, 0.0), block="event", seed=1)
     owners = {len(by_event["train"]), len(by_event["val"])}
     assert owners == {40 - 18 + 1, 30 - 18 + 1} and len(by_event["test"]) == 0
+
+
+def test_each_event_split_trains_and_validates_on_every_event():
+    """``block="each-event"``: a chronological cut of the stacked axis leaves the last event all validation
+    (its 40 frames hold 14 training frames, no 18-frame window); cut per event, both events train."""
+    first = pd.date_range("2010-08-26", periods=92, freq="5min")
+    times = first.append(pd.date_range("2015-05-15 15:45", periods=40, freq="5min"))
+    whole = split_windows(times, 18, "5min", fractions=(0.8, 0.2, 0.0))
+    assert whole["train"].max() < 92 and whole["val"].min() >= 92
+    each = split_windows(times, 18, "5min", fractions=(0.8, 0.2, 0.0), block="each-event")
+    # KNMI: 92 frames, its last 18 validate; MeteoSwiss: 40 frames, its last 18 validate, 22 train (5 windows).
+    assert list(each["train"]) == list(range(0, 57)) + list(range(92, 97))
+    assert list(each["val"]) == [74, 114] and len(each["test"]) == 0
+    for train_start in each["train"]:
+        assert not set(range(train_start, train_start + 18)) & {f for v in each["val"] for f in range(v, v + 18)}

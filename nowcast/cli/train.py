@@ -44,8 +44,8 @@ def train(
     min_wet_fraction: float = typer.Option(0.0, help="Drop training tiles with a smaller wet fraction."),
     split: str = typer.Option("0.8,0.1,0.1", help="Train, validation and test fractions of the time axis."),
     block: Optional[str] = typer.Option(None, help="Split train/val/test by shuffled blocks of this duration "
-                                                   "(e.g. 1D) or 'event' (each gapless run) (default: "
-                                                   "chronological)."),
+                                                   "(e.g. 1D) or 'event' (each gapless run), or 'each-event' "
+                                                   "(each run cut chronologically) (default: chronological)."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this (default: off, "
                                                          "as in the papers' code)."),
     input_phase_loss: Optional[bool] = typer.Option(
@@ -62,6 +62,10 @@ def train(
         None, help="Folder of the Lagrangian-frame window cache (default: ARCHIVE.lagrangian beside the archive)."),
     augment: str = typer.Option("none", help="none (default, the papers'), or dihedral: each batch in a random "
                                              "flip or quarter turn (radar; not for crowd flows)."),
+    lagrangian_loss: str = typer.Option(
+        "observed", help="Lagrangian frame: advect the network's outputs forward as forecasts do and score them "
+                         "against the observed targets (observed, default, LUPIN's) or score them against the "
+                         "targets advected back to the issue time (advected, L-CNN's)."),
     patience: int = typer.Option(10, help="Early stopping: epochs without a lower validation loss (0: never)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA), bf16, fp16 or off."),
@@ -92,7 +96,8 @@ def train(
             fractions=_fractions(split), block=block, grad_clip=grad_clip, input_phase_loss=input_phase_loss,
             loss=loss, patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
             num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame, frame_cache=frame_cache,
-            augment=augment, time_budget=time_budget, checkpoint_every=checkpoint_every)
+            augment=augment, lagrangian_loss=lagrangian_loss, time_budget=time_budget,
+            checkpoint_every=checkpoint_every)
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:
         fail(str(err).strip("'\""))
     if int(os.environ.get("RANK", "0")):
