@@ -21,10 +21,10 @@ Where training scores the network (:data:`LOSSES`): ``observed`` (the
 default; LUPIN's differentiable advection) advects its outputs forward
 (:func:`advect_forward`, the forecast's own step 4) and compares them with the
 observed frames; ``advected`` (L-CNN) compares them with the target frames
-advected back to the issue time. Both advections interpolate bilinearly, so the first
-scores against targets blurred by a back-and-forth interpolation that the
-forecast, which only advects forward, never undoes; the second learns the
-forecast as it will be issued (``bench/results/radar-ablations.md``).
+advected back to the issue time. Both advections interpolate bilinearly, so
+``advected`` scores against targets blurred by a back-and-forth interpolation
+that the forecast, which only advects forward, never undoes; ``observed``
+learns the forecast as it will be issued (``bench/results/radar-ablations.md``).
 
 So an untrained network is Lagrangian persistence, i.e. the baseline
 (:func:`nowcast.baselines.lagrangian_extrapolation`). Training windows are
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 N_INPUT, METHOD, THRESHOLD = 3, "LK", 0.1
 #: Bump when the cached windows would change for the same archive and settings.
 CACHE_VERSION = 2
-#: Where training scores a Lagrangian-frame network (module docstring): ``advected``, ``observed``.
+#: Where training scores a Lagrangian-frame network (module docstring); the first is the default.
 LOSSES = ("observed", "advected")
 #: Cache chunks: one window by this many cells square, so a training tile reads only its own chunks.
 CHUNK_CELLS = 64
