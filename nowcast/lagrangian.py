@@ -88,6 +88,12 @@ def check_frame(frame: str, variable: str) -> None:
             f"(crowd flows stay on their grid cells), so train it in the eulerian frame")
 
 
+def check_loss(loss: str) -> None:
+    """Refuse a Lagrangian-frame loss that is not one of :data:`LOSSES`."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown Lagrangian-frame loss {loss!r}; choose one of {list(LOSSES)}")
+
+
 def motion(inputs: np.ndarray) -> np.ndarray:
     """Motion ``(2, H, W)`` (columns right, rows down; cells per step) of input frames ``[T_in, H, W]`` (mm h-1)."""
     if len(inputs) < 2:
@@ -300,8 +306,7 @@ def attach(splits: Splits, source: str | os.PathLike | xr.Dataset, folder: str |
     """Serve every split's samples in the Lagrangian frame, from the cache of all their windows; with
     ``loss="observed"`` their targets as observed, with where the forward advection takes each cell from."""
     check_frame("lagrangian", str(splits.train.variable))
-    if loss not in LOSSES:
-        raise ValueError(f"unknown Lagrangian-frame loss {loss!r}; choose one of {list(LOSSES)}")
+    check_loss(loss)
     parts = [split for split in (splits.train, splits.val, splits.test) if len(split)]
     starts = np.concatenate([np.unique(split.samples[:, 0]) for split in parts])
     cache = window_cache(source, splits.train, starts, folder)

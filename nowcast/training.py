@@ -379,9 +379,7 @@ def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_e
         raise ValueError(f"unknown loss {rest['loss']!r}; choose one of {list(models.LOSS_NAMES)}")
     if rest["augment"] not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {rest['augment']!r}; choose one of {list(AUGMENTATIONS)}")
-    if rest["lagrangian_loss"] not in lagrangian.LOSSES:
-        raise ValueError(f"unknown Lagrangian-frame loss {rest['lagrangian_loss']!r}; choose one of "
-                         f"{list(lagrangian.LOSSES)}")
+    lagrangian.check_loss(rest["lagrangian_loss"])
     kwargs = models.PRESETS[preset].kwargs if preset in models.PRESETS else {}
     t_in = t_in or kwargs.get("t_in") or model_overrides.get("t_in")
     t_out = t_out or kwargs.get("t_out") or model_overrides.get("t_out")
