@@ -55,6 +55,14 @@ def console():
     return out
 
 
+def fail(message: str, code: int = 1) -> None:
+    """Print an expected error without a traceback, on whole lines (logs keep paths uncut), and exit."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 

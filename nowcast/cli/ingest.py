@@ -7,14 +7,7 @@ from typing import Optional
 
 import typer
 
-from nowcast.cli import app
-
-
-def _fail(message: str, code: int = 2) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+from nowcast.cli import app, fail
 
 
 @app.command()
@@ -68,7 +61,7 @@ def ingest(
             get_source(source)
         except ValueError as err:
             if not Path(source).exists():
-                _fail(str(err))
+                fail(str(err), 2)
             paths, source = [Path(source)] + paths, "auto"
     options = {k: v for k, v in (("zr", zr), ("coarsen", coarsen), ("qty", qty), ("holidays", holidays))
                if v is not None}
@@ -78,7 +71,7 @@ def ingest(
                                 on_error="raise" if strict else "skip", workers=workers,
                                 processes=processes, **options)
     except (SourceError, ArchiveError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err), 2)
     console.print(f"[bold]{report.source}[/] -> {report.archive}: {report.frames_added} frames added from "
                   f"{len(report.ingested)} files; {len(report.unchanged)} already archived; "
                   f"{len(report.skipped)} skipped")
@@ -120,12 +113,12 @@ def regrid(
         if like is not None:
             grid = Grid.of(archives.open_archive(like))
         elif crs is None or resolution is None:
-            _fail("give --crs and --resolution (and optionally --bounds), or --like ARCHIVE")
+            fail("give --crs and --resolution (and optionally --bounds), or --like ARCHIVE", 2)
         else:
             grid = target_grid(source_grid, crs, resolution, bounds)
         with Console().status(f"regridding {archive} onto {grid.shape[1]} x {grid.shape[0]} cells"):
             added = regrid_archive(archive, out, grid, method)
     except (archives.ArchiveError, ValueError, pyproj.exceptions.CRSError) as err:
-        _fail(str(err))
+        fail(str(err), 2)
     Console().print(f"{added} frames regridded into {out} ({grid.crs.name}, {grid.shape[1]} x {grid.shape[0]}, "
                     f"{grid.resolution[0]:g} x {grid.resolution[1]:g})")

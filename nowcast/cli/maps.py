@@ -7,8 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from nowcast.cli import app
-from nowcast.cli.train import fail
+from nowcast.cli import app, fail
 
 
 @app.command("map")

@@ -8,15 +8,7 @@ from typing import Optional
 
 import typer
 
-from nowcast.cli import app
-
-
-def fail(message: str) -> None:
-    """Print an expected error without a traceback and exit with status 1."""
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(1)
+from nowcast.cli import app, fail
 
 
 def _fractions(split: str) -> tuple[float, float, float]:

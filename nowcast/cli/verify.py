@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from nowcast.cli import app
+from nowcast.cli import app, fail
 
 
 def _numbers(text: str, option: str) -> tuple[float, ...]:
@@ -55,8 +55,7 @@ def verify(
         with console.status(f"scoring {len(forecasts)} forecast(s) against {obs}"):
             result = verify_forecasts(forecasts, observations, out, options, obs_label=str(obs), animate=animate)
     except (VerificationError, ArchiveError, SchemaError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from None
+        fail(str(err), 2)
     table = result.table
     leads = sorted(table["lead_min"].unique())
     summary = Table(title=f"Verified {len(forecasts)} forecast(s) in {time.perf_counter() - start:.0f} s")
