@@ -145,7 +145,9 @@ def train_for(data: xr.Dataset | Path, preset: str, out: Path, steps: int, devic
     seconds = time.perf_counter() - start
     done = result.history[-1]["step"]
     state = load_checkpoint(result.best_checkpoint)
-    return {"model": out.name, "preset": preset, "frame": state["config"]["frame"], "loss": state["config"]["loss"],
+    loss, q = state["config"]["loss"], state["config"].get("quantile")
+    return {"model": out.name, "preset": preset, "frame": state["config"]["frame"],
+            "loss": f"{loss} {q:g}" if q is not None else loss,
             "augment": state["config"].get("augment", "none"), "seed": state["config"]["seed"],
             "lagrangian_loss": state["config"].get("lagrangian_loss", "advected") if state["config"]["frame"] ==
             "lagrangian" else None,
@@ -221,7 +223,7 @@ def run_radar(args, work: Path) -> tuple[pd.DataFrame, dict]:
     trained = [train_for(store, preset, work / "radar" / f"{preset}-{frame}",
                          args.steps or RADAR_STEPS[preset], args.device, t_in=T_IN, t_out=T_OUT, patch=PATCH,
                          fractions=RADAR_SPLIT, block=RADAR_BLOCK, min_wet_fraction=args.min_wet, frame=frame,
-                         loss=args.loss, augment=args.augment or RADAR_AUGMENT[frame],
+                         loss=args.loss, quantile=args.quantile, augment=args.augment or RADAR_AUGMENT[frame],
                          lagrangian_loss=args.lagrangian_loss, seed=args.seed)
                for preset in args.models for frame in args.frames]
     caches = [dict(zarr.open_group(str(path), mode="r").attrs) | {"mb": sum(
@@ -432,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="radar: train every model in these frames")
     parser.add_argument("--traffic-frames", nargs="+", choices=TRAFFIC_FRAMES, default=list(TRAFFIC_FRAMES),
                         help="traffic: train every model in these frames")
-    parser.add_argument("--loss", default=RADAR_LOSS, help="radar training loss (paper, mse, mae)")
+    parser.add_argument("--loss", default=RADAR_LOSS, help="radar training loss (paper, mse, mae, quantile)")
+    parser.add_argument("--quantile", type=float, help="radar: the quantile of --loss quantile")
     parser.add_argument("--augment", help="radar training augmentation of every frame (none, dihedral; default: "
                         f"by frame, {RADAR_AUGMENT})")
     parser.add_argument("--lagrangian-loss", default=RADAR_LAGRANGIAN_LOSS,

@@ -84,6 +84,7 @@ class TrainConfig:
     grad_clip: float | None = None
     input_phase_loss: bool = False
     loss: str = "paper"
+    quantile: float | None = None
     patience: int | None = 10
     val_samples: int | None = 512
     amp: str = "auto"
@@ -211,6 +212,7 @@ def train(
     grad_clip: float | None = None,
     input_phase_loss: bool | None = None,
     loss: str = "paper",
+    quantile: float | None = None,
     patience: int | None = 10,
     val_samples: int | None = 512,
     min_wet_fraction: float = 0.0,
@@ -252,9 +254,11 @@ def train(
             restricts the loss to the forecast frames. Validation always
             scores the forecast frames.
         loss: ``"paper"`` (default, each family's own), or the deviations
-            ``"mse"`` and ``"mae"`` (:data:`nowcast.models.LOSS_NAMES`); MAE
-            trains for the median, which scores better in MAE and keeps rain
-            edges where MSE blurs them.
+            ``"mse"``, ``"mae"`` and ``"quantile"`` (:data:`nowcast.models.LOSS_NAMES`);
+            MAE trains for the median, which scores better in MAE and keeps rain
+            edges where MSE blurs them; ``"quantile"`` for the ``quantile``-quantile
+            (pinball loss), above the median a larger rain area, as CSI rewards.
+        quantile: the quantile in (0, 1) of ``loss="quantile"`` (and only of it).
         resume: continue from ``out_dir/last.pt`` (an epoch's or a step's) with its stored configuration.
         time_budget: minutes of wall time for this call: after the step that
             passes it the run validates, keeps the model as ``best.pt`` if it
@@ -310,7 +314,7 @@ def train(
                               steps_per_epoch=steps_per_epoch, patch=patch, amp=amp, seed=seed,
                               optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
                               grad_clip=grad_clip, input_phase_loss=input_phase_loss, loss=loss,
-                              patience=patience, val_samples=val_samples,
+                              quantile=quantile, patience=patience, val_samples=val_samples,
                               min_wet_fraction=min_wet_fraction,
                               fractions=fractions, block=block, transform=transform, num_workers=num_workers,
                               frame=frame or "eulerian", frame_cache=str(frame_cache) if frame_cache else None,
@@ -375,8 +379,7 @@ def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_e
     mslstm = models.family_of(preset) == "mslstm"
     if input_phase_loss and not mslstm:
         raise ValueError(f"input_phase_loss is for MS-LSTM, which steps through its inputs; {preset!r} does not")
-    if rest["loss"] not in models.LOSS_NAMES:
-        raise ValueError(f"unknown loss {rest['loss']!r}; choose one of {list(models.LOSS_NAMES)}")
+    models.check_loss(rest["loss"], rest["quantile"])
     if rest["augment"] not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {rest['augment']!r}; choose one of {list(AUGMENTATIONS)}")
     lagrangian.check_loss(rest["lagrangian_loss"])
@@ -479,7 +482,7 @@ class _Trainer:
                 self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         if compile:
             self.net = torch.compile(self.net)
-        self.loss_fn = models.training_loss(self.model, cfg.loss)
+        self.loss_fn = models.training_loss(self.model, cfg.loss, cfg.quantile)
         per_rank_batches = cfg.steps_per_epoch or math.ceil(len(self.data.train) / (cfg.batch_size * dist.world))
         self.steps_per_epoch = per_rank_batches
         self.total_steps = cfg.epochs * per_rank_batches

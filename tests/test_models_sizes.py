@@ -6,6 +6,7 @@ Models are built on the meta device: no memory, no compute.
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,19 @@ def test_training_loss_by_name():
     assert models.training_loss("stlight", "mse")(pred, target).item() == pytest.approx(5.0)
     with pytest.raises(ValueError, match="unknown loss"):
         models.training_loss("tau", "huber")
+    assert models.training_loss("tau", "quantile", 0.5)(pred, target).item() == pytest.approx(2.0)  # = MAE
+    assert models.training_loss("tau", "quantile", 0.6)(pred, target).item() == pytest.approx(1.8)
+    for loss, q, match in (("quantile", None, "needs a quantile"), ("quantile", 1.0, "needs a quantile"),
+                           ("mae", 0.6, "for loss 'quantile'")):
+        with pytest.raises(ValueError, match=match):
+            models.training_loss("tau", loss, q)
+
+
+@pytest.mark.parametrize("q", [0.3, 0.6, 0.9])
+def test_quantile_loss_is_least_at_the_quantile(q):
+    """Among constant forecasts of skewed, rain-like samples the pinball loss is least at their q-quantile."""
+    target = torch.from_numpy(np.random.default_rng(0).gamma(0.5, 2.0, 4000)).float()
+    candidates = torch.linspace(0, 6, 1201)
+    scores = torch.stack([models.quantile(c.expand_as(target), target, q) for c in candidates])
+    best = candidates[scores.argmin()].item()
+    assert best == pytest.approx(np.quantile(target.numpy(), q), abs=0.01)

@@ -255,6 +255,11 @@ def test_loss_option_replaces_the_paper_loss_and_is_stored(store, tmp_path, monk
     assert load_checkpoint(result.last_checkpoint)["config"]["loss"] == "mae"
     with pytest.raises(ValueError, match="unknown loss 'l3'"):
         train(store, "stlight-tiny", tmp_path / "l3", loss="l3", **common)
+    run = train(store, "stlight-tiny", tmp_path / "q", loss="quantile", quantile=0.6, **common)
+    config = load_checkpoint(run.last_checkpoint)["config"]
+    assert (config["loss"], config["quantile"]) == ("quantile", 0.6)
+    with pytest.raises(ValueError, match="needs a quantile"):
+        train(store, "stlight-tiny", tmp_path / "q0", loss="quantile", **common)
 
 
 def test_dihedral_gives_the_eight_symmetries_of_the_square():

@@ -44,8 +44,11 @@ def train(
         None, "--input-phase-loss/--forecast-loss-only",
         help="MS-LSTM: train on the input phase's one-step outputs too, as the reference code (default), "
              "or on the forecast frames only."),
-    loss: str = typer.Option("paper", help="paper (default: each family's own), or mse or mae (median "
-                                            "forecasts: lower MAE, sharper rain edges)."),
+    loss: str = typer.Option("paper", help="paper (default: each family's own), or mse, mae (median "
+                                            "forecasts: lower MAE, sharper rain edges) or quantile."),
+    quantile: Optional[float] = typer.Option(
+        None, help="The quantile in (0, 1) of --loss quantile, e.g. 0.6: above the median, a larger rain area "
+                   "(CSI rewards it)."),
     frame: Optional[str] = typer.Option(
         None, help="eulerian (default, the papers'), lagrangian: learn the evolution of rain advected along "
                    "its optical flow (radar only), or anomaly: learn departures from the weekly cycle (crowd "
@@ -86,9 +89,9 @@ def train(
             archive, model, out, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
             t_in=t_in, t_out=t_out, patch=patch, min_wet_fraction=min_wet_fraction,
             fractions=_fractions(split), block=block, grad_clip=grad_clip, input_phase_loss=input_phase_loss,
-            loss=loss, patience=patience or None, device=device, amp=amp, compile=compile, resume=resume, seed=seed,
-            num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame, frame_cache=frame_cache,
-            augment=augment, lagrangian_loss=lagrangian_loss, time_budget=time_budget,
+            loss=loss, quantile=quantile, patience=patience or None, device=device, amp=amp, compile=compile,
+            resume=resume, seed=seed, num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame,
+            frame_cache=frame_cache, augment=augment, lagrangian_loss=lagrangian_loss, time_budget=time_budget,
             checkpoint_every=checkpoint_every)
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:
         fail(str(err).strip("'\""))

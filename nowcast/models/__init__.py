@@ -14,7 +14,7 @@ only MS-LSTM uses ``target``/``sampling_ratio`` (scheduled sampling, see
 """
 
 from .base import FRAMES, DirectModel, SequenceModel, pad_to_multiple, run_padded
-from .losses import differential_divergence, l1_l2_per_frame, mae, mse, tau_loss
+from .losses import differential_divergence, l1_l2_per_frame, mae, mse, quantile, tau_loss
 from .mslstm import MSLSTM, MKLSTMCell, scheduled_sampling_ratio
 from .registry import (
     FAMILIES,
@@ -24,6 +24,7 @@ from .registry import (
     PresetInfo,
     TrainingDefaults,
     build,
+    check_loss,
     family_of,
     forward_flops,
     list_presets,
@@ -37,8 +38,8 @@ from .tau import TAU, TAUBlock
 
 __all__ = [
     "FAMILIES", "FRAMES", "LOSS_NAMES", "MKLSTMCell", "MSLSTM", "PRESETS", "Preset", "PresetInfo", "STLMixer",
-    "STLight", "SequenceModel", "DirectModel", "TAU", "TAUBlock", "TrainingDefaults", "build",
+    "STLight", "SequenceModel", "DirectModel", "TAU", "TAUBlock", "TrainingDefaults", "build", "check_loss",
     "differential_divergence", "family_of", "forward_flops", "l1_l2_per_frame", "list_presets", "macs", "mae", "mse",
-    "pad_to_multiple", "paper_loss", "parameter_count", "run_padded", "scheduled_sampling_ratio",
+    "pad_to_multiple", "paper_loss", "parameter_count", "quantile", "run_padded", "scheduled_sampling_ratio",
     "tau_loss", "training_loss",
 ]

@@ -10,7 +10,7 @@ reference code. Figures we counted ourselves are marked ``recount``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable
 
 import torch
@@ -29,7 +29,7 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "tau": losses.tau_loss, "stlight": losses.mse, "mslstm": losses.l1_l2_per_frame,
 }
 #: Training losses by name: ``"paper"`` (each family's own, :data:`LOSSES`) or a deviation from it.
-LOSS_NAMES = ("paper", "mse", "mae")
+LOSS_NAMES = ("paper", "mse", "mae", "quantile")
 
 
 @dataclass(frozen=True)
@@ -210,13 +210,26 @@ def paper_loss(name_or_model: str | nn.Module) -> Callable[[torch.Tensor, torch.
     return LOSSES[family_of(name_or_model)]
 
 
-def training_loss(name_or_model: str | nn.Module, loss: str = "paper"
-                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss named ``loss`` (:data:`LOSS_NAMES`): the paper's (:func:`paper_loss`), plain MSE or MAE."""
-    if loss == "paper":
-        return paper_loss(name_or_model)
+def check_loss(loss: str, quantile: float | None = None) -> None:
+    """Raise ValueError unless ``loss`` is in :data:`LOSS_NAMES` and ``quantile`` is given, in (0, 1),
+    exactly when ``loss`` is ``"quantile"``."""
     if loss not in LOSS_NAMES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {list(LOSS_NAMES)}")
+    if loss == "quantile" and not (quantile is not None and 0 < quantile < 1):
+        raise ValueError(f"loss 'quantile' needs a quantile in (0, 1), e.g. 0.6; got {quantile}")
+    if loss != "quantile" and quantile is not None:
+        raise ValueError(f"a quantile ({quantile}) is for loss 'quantile' only, not {loss!r} (drop it)")
+
+
+def training_loss(name_or_model: str | nn.Module, loss: str = "paper", quantile: float | None = None
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss named ``loss`` (:data:`LOSS_NAMES`): the paper's (:func:`paper_loss`), plain MSE or MAE,
+    or the pinball loss at ``quantile`` (:func:`nowcast.models.losses.quantile`)."""
+    check_loss(loss, quantile)
+    if loss == "paper":
+        return paper_loss(name_or_model)
+    if loss == "quantile":
+        return partial(losses.quantile, q=quantile)
     return getattr(losses, loss)
 
 
