@@ -43,6 +43,7 @@ import torch
 import torch.distributed as torch_dist
 import xarray as xr
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 
 from nowcast import anomaly, lagrangian, models
@@ -85,6 +86,7 @@ class TrainConfig:
     input_phase_loss: bool = False
     loss: str = "paper"
     quantile: float | None = None
+    ema: float | None = None
     patience: int | None = 10
     val_samples: int | None = 512
     amp: str = "auto"
@@ -213,6 +215,7 @@ def train(
     input_phase_loss: bool | None = None,
     loss: str = "paper",
     quantile: float | None = None,
+    ema: float | None = None,
     patience: int | None = 10,
     val_samples: int | None = 512,
     min_wet_fraction: float = 0.0,
@@ -259,6 +262,10 @@ def train(
             edges where MSE blurs them; ``"quantile"`` for the ``quantile``-quantile
             (pinball loss), above the median a larger rain area, as CSI rewards.
         quantile: the quantile in (0, 1) of ``loss="quantile"`` (and only of it).
+        ema: keep an exponential moving average of the weights, with this
+            decay per step (e.g. 0.999; None: off, as the papers), as OpenSTL's
+            EMA hook; validation, ``best.pt`` and so forecasts use the average,
+            which damps the step-to-step noise of small-batch training.
         resume: continue from ``out_dir/last.pt`` (an epoch's or a step's) with its stored configuration.
         time_budget: minutes of wall time for this call: after the step that
             passes it the run validates, keeps the model as ``best.pt`` if it
@@ -314,7 +321,7 @@ def train(
                               steps_per_epoch=steps_per_epoch, patch=patch, amp=amp, seed=seed,
                               optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
                               grad_clip=grad_clip, input_phase_loss=input_phase_loss, loss=loss,
-                              quantile=quantile, patience=patience, val_samples=val_samples,
+                              quantile=quantile, ema=ema, patience=patience, val_samples=val_samples,
                               min_wet_fraction=min_wet_fraction,
                               fractions=fractions, block=block, transform=transform, num_workers=num_workers,
                               frame=frame or "eulerian", frame_cache=str(frame_cache) if frame_cache else None,
@@ -380,6 +387,8 @@ def _new_config(preset: str, *, epochs, batch_size, lr, t_in, t_out, steps_per_e
     if input_phase_loss and not mslstm:
         raise ValueError(f"input_phase_loss is for MS-LSTM, which steps through its inputs; {preset!r} does not")
     models.check_loss(rest["loss"], rest["quantile"])
+    if rest["ema"] is not None and not 0 < rest["ema"] < 1:
+        raise ValueError(f"ema is a decay per step in (0, 1), e.g. 0.999; got {rest['ema']}")
     if rest["augment"] not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {rest['augment']!r}; choose one of {list(AUGMENTATIONS)}")
     lagrangian.check_loss(rest["lagrangian_loss"])
@@ -500,6 +509,9 @@ class _Trainer:
         self.val_loader = DataLoader(torch.utils.data.Subset(self.data.val, val_indices),
                                      batch_size=cfg.batch_size, num_workers=cfg.num_workers)
         self.optimizer = _optimizer(cfg, self.model)
+        # torch's own EMA (AveragedModel) of the unwrapped model; identical on every DDP rank.
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+                    if cfg.ema else None)
         self.scheduler = _scheduler(cfg, self.optimizer, self.total_steps, per_rank_batches)
         self.amp_dtype = _amp_dtype(cfg.amp, dev)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
@@ -510,8 +522,16 @@ class _Trainer:
         if state is not None:
             self._restore(state)
 
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model validated and checkpointed for forecasts: the weights' moving average with ``ema``."""
+        return self.model if self.ema is None else self.ema.module
+
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"]["state"])
+        self.evaluated.load_state_dict(state["model"]["state"])
+        if self.ema is not None:
+            self.model.load_state_dict(state["ema"]["trained"])
+            self.ema.n_averaged.copy_(state["ema"]["n_averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -605,6 +625,8 @@ class _Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss.item()
 
     def _budget_spent(self) -> bool:
@@ -683,16 +705,19 @@ class _Trainer:
     @torch.no_grad()
     def _validate(self) -> tuple[float, float]:
         """Mean paper loss and MSE (transformed units) over the validation split; NaN if it is empty."""
+        model = self.evaluated
         self.net.eval()
+        model.eval()
         loss_sum = mse_sum = count = 0.0
         for batch in self.val_loader:
             x, y, *observed = self._batch(*batch)
             with self._autocast():
-                pred, y = self._scored(models.run_padded(self.model, x, self.model.size_multiple), y, *observed)
+                pred, y = self._scored(models.run_padded(model, x, model.size_multiple), y, *observed)
             loss_sum += self.loss_fn(pred, y).item() * len(x)
             mse_sum += models.mse(pred, y).item() * len(x)
             count += len(x)
         self.net.train()
+        model.train()
         loss_sum, mse_sum, count = self.dist.sum(loss_sum, mse_sum, count, device=self.dev)
         return (loss_sum / count, mse_sum / count) if count else (math.nan, math.nan)
 
@@ -702,13 +727,15 @@ class _Trainer:
         state = {
             "epoch": self.epoch, "step": self.step, "progress": dict(self.progress_state),
             "model": {"name": model.preset or model.family, "config": dict(model.config),
-                      "state": model.state_dict()},
+                      "state": self.evaluated.state_dict()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "transform": self.data.transform.to_dict(),
             "rng": rng_state(), "config": asdict(self.cfg), "data": _data_meta(self.data),
             "history": list(self.history),
             "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
         }
+        if self.ema is not None:
+            state["ema"] = {"trained": model.state_dict(), "n_averaged": self.ema.n_averaged}
         save_checkpoint(state, self.run_dir / LAST)
         if best:
             save_checkpoint(state, self.run_dir / BEST)

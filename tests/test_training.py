@@ -144,6 +144,39 @@ def test_step_checkpoint_resumes_mid_epoch(full_run, store, tmp_path, monkeypatc
     assert _same_history(resumed.history, full_run.history)
 
 
+def test_ema_checkpoints_the_average_and_resumes_to_identical_losses(store, tmp_path, monkeypatch):
+    """With ``ema``, best.pt/last.pt hold the weights' moving average (the trained weights beside it for
+    resuming), and a run killed after its step-6 checkpoint resumes to the same losses and average."""
+    settings = {**RUN, "epochs": 2, "ema": 0.9}
+    full = train(store, "tau-tiny", tmp_path / "full", progress=False, **settings)
+    state = load_checkpoint(full.last_checkpoint)
+    assert state["config"]["ema"] == 0.9 and int(state["ema"]["n_averaged"]) == 8
+    average, trained = state["model"]["state"], state["ema"]["trained"]
+    assert not all(torch.equal(average[k], trained[k]) for k in trained)
+    latest = load_checkpoint(train(store, "tau-tiny", tmp_path / "latest", progress=False,
+                                   **{**settings, "ema": 1e-9}).last_checkpoint)
+    assert all(torch.allclose(latest["model"]["state"][k].float(), latest["ema"]["trained"][k].float())
+               for k in trained)  # no memory: the average is the last step's weights
+
+    real_step = _Trainer._step
+
+    def crashing_step(self, *batch):
+        if self.step == 6:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *batch)
+
+    monkeypatch.setattr(_Trainer, "_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(store, "tau-tiny", tmp_path / "killed", checkpoint_every=3, progress=False, **settings)
+    monkeypatch.setattr(_Trainer, "_step", real_step)
+    resumed = train(store, "tau-tiny", tmp_path / "killed", resume=True, progress=False)
+    assert _same_history(resumed.history, full.history)
+    again = load_checkpoint(resumed.last_checkpoint)["model"]["state"]
+    assert all(torch.equal(again[k], average[k]) for k in average)
+    with pytest.raises(ValueError, match="decay per step"):
+        train(store, "tau-tiny", tmp_path / "bad", progress=False, **{**settings, "ema": 1.0})
+
+
 def test_time_budget_stops_cleanly_and_resumes(full_run, store, tmp_path):
     """`--time-budget 0` stops after the first step with best.pt and a step checkpoint; resume finishes the run."""
     from typer.testing import CliRunner

@@ -49,6 +49,9 @@ def train(
     quantile: Optional[float] = typer.Option(
         None, help="The quantile in (0, 1) of --loss quantile, e.g. 0.6: above the median, a larger rain area "
                    "(CSI rewards it)."),
+    ema: Optional[float] = typer.Option(
+        None, help="Forecast with an exponential moving average of the weights, this decay per step (e.g. 0.999; "
+                   "default: off, as the papers)."),
     frame: Optional[str] = typer.Option(
         None, help="eulerian (default, the papers'), lagrangian: learn the evolution of rain advected along "
                    "its optical flow (radar only), or anomaly: learn departures from the weekly cycle (crowd "
@@ -89,10 +92,10 @@ def train(
             archive, model, out, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
             t_in=t_in, t_out=t_out, patch=patch, min_wet_fraction=min_wet_fraction,
             fractions=_fractions(split), block=block, grad_clip=grad_clip, input_phase_loss=input_phase_loss,
-            loss=loss, quantile=quantile, patience=patience or None, device=device, amp=amp, compile=compile,
-            resume=resume, seed=seed, num_workers=workers, tensorboard=tensorboard, progress=progress, frame=frame,
-            frame_cache=frame_cache, augment=augment, lagrangian_loss=lagrangian_loss, time_budget=time_budget,
-            checkpoint_every=checkpoint_every)
+            loss=loss, quantile=quantile, ema=ema, patience=patience or None, device=device, amp=amp,
+            compile=compile, resume=resume, seed=seed, num_workers=workers, tensorboard=tensorboard,
+            progress=progress, frame=frame, frame_cache=frame_cache, augment=augment, lagrangian_loss=lagrangian_loss,
+            time_budget=time_budget, checkpoint_every=checkpoint_every)
     except (ArchiveError, CheckpointError, SchemaError, FileExistsError, KeyError, ValueError) as err:
         fail(str(err).strip("'\""))
     if int(os.environ.get("RANK", "0")):
