@@ -265,7 +265,9 @@ def train(
         ema: keep an exponential moving average of the weights, with this
             decay per step (e.g. 0.999; None: off, as the papers), as OpenSTL's
             EMA hook; validation, ``best.pt`` and so forecasts use the average,
-            which damps the step-to-step noise of small-batch training.
+            which damps the step-to-step noise of small-batch training. Its
+            horizon, 1 / (1 - ema) steps, must be well below the run's
+            length, or the average keeps the untrained weights.
         resume: continue from ``out_dir/last.pt`` (an epoch's or a step's) with its stored configuration.
         time_budget: minutes of wall time for this call: after the step that
             passes it the run validates, keeps the model as ``best.pt`` if it
