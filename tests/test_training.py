@@ -20,6 +20,7 @@ import xarray as xr
 
 from nowcast import archive
 from nowcast.checkpoint import CheckpointError, load_checkpoint
+from nowcast.forecast import load_model
 from nowcast.synthetic import synthetic_radar
 from nowcast.training import _scheduler, _Trainer, cosine_lr, dihedral, train
 from nowcast.transforms import DBR
@@ -153,6 +154,8 @@ def test_ema_checkpoints_the_average_and_resumes_to_identical_losses(store, tmp_
     assert state["config"]["ema"] == 0.9 and int(state["ema"]["n_averaged"]) == 8
     average, trained = state["model"]["state"], state["ema"]["trained"]
     assert not all(torch.equal(average[k], trained[k]) for k in trained)
+    forecaster = load_model(full.last_checkpoint)[0].state_dict()
+    assert all(torch.equal(forecaster[k].cpu(), average[k]) for k in average)  # forecasts use the average
     latest = load_checkpoint(train(store, "tau-tiny", tmp_path / "latest", progress=False,
                                    **{**settings, "ema": 1e-9}).last_checkpoint)
     assert all(torch.allclose(latest["model"]["state"][k].float(), latest["ema"]["trained"][k].float())
