@@ -209,7 +209,7 @@ def trajectories(velocity: np.ndarray, n_steps: int) -> Iterator[np.ndarray]:
     buffer = np.empty((2, min(BAND_ROWS, rows), cols))
 
     def interpolate_motion(band: slice, shift: np.ndarray) -> None:
-        where = _origins(band, shift, buffer)
+        where = origins(band, shift, buffer)
         for c in (0, 1):
             map_coordinates(velocity[c], where, output=increment[c, band], order=1, mode="nearest",
                             prefilter=False)
@@ -224,7 +224,7 @@ def trajectories(velocity: np.ndarray, n_steps: int) -> Iterator[np.ndarray]:
         yield displacement
 
 
-def _origins(band: slice, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
+def origins(band: slice, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
     """(row, column) coordinates of the cells of rows ``band`` displaced by ``shift`` (columns, rows),
     written into ``out`` (at least ``(2, band rows, cols)``)."""
     where = out[:, :band.stop - band.start]
@@ -254,7 +254,7 @@ def semi_lagrangian(field: Callable[[int], np.ndarray], velocity: np.ndarray, n_
         advected = np.empty((rows, cols))
         for start in range(0, rows, BAND_ROWS):
             band = slice(start, min(start + BAND_ROWS, rows))
-            map_coordinates(values, _origins(band, displacement[:, band], buffer), output=advected[band], order=1,
+            map_coordinates(values, origins(band, displacement[:, band], buffer), output=advected[band], order=1,
                             mode="constant", cval=np.nan, prefilter=False)
         yield advected
 

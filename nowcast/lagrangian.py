@@ -128,10 +128,9 @@ def departures(velocity: np.ndarray, n_steps: int) -> np.ndarray:
     (row, column; cells, float32), the trajectories of :func:`from_issue_time` (outside ``[0, H - 1] x
     [0, W - 1]``: NaN there)."""
     rows, cols = velocity.shape[1:]
-    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")).astype("f8")
     out = np.empty((n_steps, 2, rows, cols), dtype="f4")
     for k, displacement in enumerate(baselines.trajectories(velocity, n_steps)):
-        out[k] = grid + displacement[::-1]
+        baselines.origins(slice(0, rows), displacement, out[k])
     return out
 
 

@@ -118,9 +118,10 @@ def split_windows(
     if block is None:
         owner = np.repeat(np.arange(len(SPLITS)), _shares(n, fractions, minimum=length))
     elif block == EACH_EVENT:
-        runs = np.bincount(event_ids(index, step)) if n else np.zeros(0, int)
-        owner = np.concatenate([np.repeat(np.arange(len(SPLITS)), _shares(int(r), fractions, minimum=length))
-                                for r in runs]) if n else np.zeros(0, int)
+        runs = np.bincount(event_ids(index, step)) if n else []
+        owner = np.concatenate([np.zeros(0, int)] + [np.repeat(np.arange(len(SPLITS)),
+                                                               _shares(int(r), fractions, minimum=length))
+                                                     for r in runs])
     else:
         if block == "event":
             block_id = event_ids(index, step)
@@ -230,12 +231,16 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def tile_slices(self, tile: int) -> tuple[slice, slice]:
+        """The (y, x) cells of tile number ``tile``."""
+        (y0, x0), (h, w) = self.tiles[tile], self.patch
+        return slice(y0, y0 + h), slice(x0, x0 + w)
+
     def read(self, start: int, stop: int, tile: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` (of one tile, or the whole domain) in physical units, ``[T, C, h, w]``."""
         sel: dict = {"time": slice(start, stop)}
         if tile is not None:
-            (y0, x0), (h, w) = self.tiles[tile], self.patch
-            sel.update(y=slice(y0, y0 + h), x=slice(x0, x0 + w))
+            sel["y"], sel["x"] = self.tile_slices(tile)
         values = np.asarray(self.data.isel(sel).values, dtype="f4")
         return values if values.ndim == 4 else values[:, None]
 
@@ -243,8 +248,7 @@ class WindowDataset(Dataset):
         """The ``T_in + T_out`` frames of one sample in physical units, from ``cache`` when set."""
         if self.cache is None:
             return self.read(start, start + self.length, tile)
-        (y0, x0), (h, w) = self.tiles[tile], self.patch
-        return self.cache.window(start, slice(y0, y0 + h), slice(x0, x0 + w))
+        return self.cache.window(start, *self.tile_slices(tile))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         """``(x, y)``: inputs ``[T_in, C, h, w]`` and targets ``[T_out, C, h, w]``, transformed; with
@@ -255,15 +259,13 @@ class WindowDataset(Dataset):
         start, tile = (int(v) for v in self.samples[index])
         frames = self.read_window(start, tile)
         if self.climatology is not None:
-            (y0, x0), (h, w) = self.tiles[tile], self.patch
-            clim = self.climatology[start:start + self.length, ..., y0:y0 + h, x0:x0 + w]
+            clim = self.climatology[(slice(start, start + self.length), ..., *self.tile_slices(tile))]
             frames = anomaly.to_anomaly(self.transform, frames, clim)
         else:
             frames = self.transform.forward(frames) if self.transform else np.nan_to_num(frames, nan=0.0)
         frames = torch.from_numpy(np.ascontiguousarray(frames))
         if self.observed_targets:
-            (y0, x0), (h, w) = self.tiles[tile], self.patch
-            observed, origin = self.cache.observed(start, slice(y0, y0 + h), slice(x0, x0 + w))
+            observed, origin = self.cache.observed(start, *self.tile_slices(tile))
             return (frames[:self.t_in], frames[self.t_in:], torch.from_numpy(self.transform.forward(observed)),
                     torch.from_numpy(origin))
         return frames[:self.t_in], frames[self.t_in:]
